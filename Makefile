@@ -1,0 +1,38 @@
+# Set-up, demo, tests and benchmarks. Every target installs first when needed.
+# TORCH_SPEC: override for another build, e.g. make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url ..."
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTHON ?= python3
+VENV ?= .venv
+
+# Use the active virtual environment if there is one, else our own .venv.
+ifdef VIRTUAL_ENV
+PY := python
+else
+PY := $(VENV)/bin/python
+endif
+
+.PHONY: install ensure-installed demo test bench clean
+
+install:
+	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x "$(PY)" ]; then $(PYTHON) -m venv $(VENV); fi
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	bash scripts/install_detectron2.sh $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	@echo "installed: $$($(PY) -c 'import torch, detectron2, retinanet_fl; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| retinanet_fl", retinanet_fl.__version__)')"
+
+# Cheap check so that demo/test only run the full install when something is missing.
+ensure-installed:
+	@$(PY) -c "import torch, torchvision, detectron2, retinanet_fl, pytest" 2>/dev/null || $(MAKE) install
+
+demo: ensure-installed
+	$(PY) -m retinanet_fl.demo
+
+test: ensure-installed
+	$(PY) -m pytest tests
+
+bench: ensure-installed
+	$(PY) -m retinanet_fl.benchmark all
+
+clean:
+	rm -rf $(VENV) build *.egg-info output

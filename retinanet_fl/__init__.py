@@ -1,0 +1,9 @@
+"""RetinaNet and the Focal Loss as a Detectron2 extension.
+
+``import retinanet_fl`` registers everything this project adds to Detectron2's registries.
+"""
+from .config import add_retinanet_fl_config, get_cfg
+
+__version__ = "0.1.0"
+
+__all__ = ["add_retinanet_fl_config", "get_cfg"]

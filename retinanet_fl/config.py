@@ -1,0 +1,73 @@
+"""This project's config keys, added under ``MODEL.RETINANET_FL``.
+
+Keys that Detectron2 already has under ``MODEL.RETINANET`` (NUM_CLASSES, IN_FEATURES, NUM_CONVS,
+IOU_THRESHOLDS, PRIOR_PROB, NORM, FOCAL_LOSS_GAMMA/ALPHA, SMOOTH_L1_LOSS_BETA, BBOX_REG_LOSS_TYPE,
+BBOX_REG_WEIGHTS and the test-time settings) are reused, not duplicated, so a Detectron2 RetinaNet
+config runs with only ``MODEL.META_ARCHITECTURE`` changed. The defaults below reproduce
+Detectron2's behaviour; ``configs/Base-RetinaNet-FL.yaml`` sets the paper's.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg as get_detectron2_cfg
+
+
+def add_retinanet_fl_config(cfg: CN) -> CN:
+    """
+    Add this project's keys to a Detectron2 config, in place. Safe to call more than once: keys
+    already present (e.g. set by an earlier call or a merged file) keep their values.
+
+    Args:
+        cfg: a Detectron2 config.
+
+    Returns:
+        the same config, for chaining.
+    """
+    if "RETINANET_FL" in cfg.MODEL:
+        return cfg
+    _C = cfg
+    _C.MODEL.RETINANET_FL = CN()
+
+    # Classification loss: a name in CLS_LOSS_REGISTRY ("focal", "focal_star", "ce", "ohem").
+    # γ and α come from MODEL.RETINANET.FOCAL_LOSS_GAMMA / FOCAL_LOSS_ALPHA (α < 0: no α weighting).
+    _C.MODEL.RETINANET_FL.CLS_LOSS = "focal"
+    # FL* (paper appendix A): p*_t = sigmoid(γ x_t + β), loss = -log(p*_t) / γ.
+    _C.MODEL.RETINANET_FL.FOCAL_STAR_GAMMA = 2.0
+    _C.MODEL.RETINANET_FL.FOCAL_STAR_BETA = 1.0
+    # OHEM (Table 1d): examples kept per image after NMS over the anchors.
+    _C.MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE = 128
+    # OHEM: IoU threshold of the NMS among examples, scored by their loss.
+    _C.MODEL.RETINANET_FL.OHEM_NMS_THRESH = 0.7
+    # OHEM: negatives per positive among the kept examples (3 = the paper's "OHEM 1:3"; 0 = no ratio).
+    _C.MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO = 0.0
+    # "compiled" (one fused kernel through torch.compile) or "eager" (closed form, no compile step).
+    # The environment variable RETINANET_FL_LOSS_KERNEL overrides it.
+    _C.MODEL.RETINANET_FL.LOSS_KERNEL = "compiled"
+
+    # Head: a name in RETINANET_FL_HEAD_REGISTRY.
+    _C.MODEL.RETINANET_FL.HEAD_NAME = "RetinaNetFocalHead"
+    # Initialise the classification bias to -log((1 - π) / π) with π = MODEL.RETINANET.PRIOR_PROB;
+    # False sets it to 0 (the "no prior" ablation).
+    _C.MODEL.RETINANET_FL.USE_PRIOR_INIT = True
+
+    # OctaveAnchorGenerator: base size = ANCHOR_SCALE × stride; sizes base × 2^(i / SCALES_PER_OCTAVE);
+    # aspect ratios from MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS.
+    _C.MODEL.RETINANET_FL.ANCHOR_SCALE = 4.0
+    _C.MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE = 3
+
+    # Give each GT box its best-overlapping anchors even below the foreground threshold
+    # (Detectron2's behaviour); False is the paper's rule.
+    _C.MODEL.RETINANET_FL.ALLOW_LOW_QUALITY_MATCHES = True
+    # Anchors per chunk when computing IoU, so the full (GT, anchors) matrix is never held at once.
+    _C.MODEL.RETINANET_FL.IOU_CHUNK_SIZE = 100000
+    # Loss normalizer: "num_pos" (the paper: foreground anchors in the batch, summed over workers)
+    # or "ema" (Detectron2: exponential moving average of it).
+    _C.MODEL.RETINANET_FL.LOSS_NORMALIZER = "ema"
+    _C.MODEL.RETINANET_FL.LOSS_NORMALIZER_MOMENTUM = 0.9
+    return cfg
+
+
+def get_cfg() -> CN:
+    """
+    Returns:
+        a copy of Detectron2's default config with this project's keys added.
+    """
+    return add_retinanet_fl_config(get_detectron2_cfg())

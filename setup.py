@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="retinanet_fl",
+    version="0.1.0",
+    description="RetinaNet and the Focal Loss (Lin et al.) as a Detectron2 extension",
+    python_requires=">=3.9",
+    packages=find_packages(include=["retinanet_fl", "retinanet_fl.*"]),
+    # torch, torchvision and detectron2 come first from `make install` (see README): torch's build
+    # depends on the machine, and detectron2 is not on PyPI.
+    install_requires=[
+        # the only Detectron2 wheel on PyPI (sal-detectron2 0.7.2) declares numpy<2
+        "numpy<2",
+        # the same cv2 API as opencv-python, without the libGL that servers lack
+        "opencv-python-headless",
+        "pycocotools",
+        "matplotlib",
+        "Pillow",
+    ],
+    extras_require={"dev": ["pytest"]},
+)
