@@ -1,0 +1,1 @@
+"""Datasets this project ships."""

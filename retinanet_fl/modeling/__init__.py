@@ -1,0 +1,1 @@
+"""Our meta-architecture, anchor generator, head and classification losses, registered into Detectron2."""
