@@ -6,6 +6,11 @@ BBOX_REG_WEIGHTS and the test-time settings) are reused, not duplicated, so a De
 config runs with only ``MODEL.META_ARCHITECTURE`` changed. The defaults below reproduce
 Detectron2's behaviour; ``configs/Base-RetinaNet-FL.yaml`` sets the paper's.
 """
+import logging
+import os
+from typing import Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as get_detectron2_cfg
 
@@ -71,3 +76,30 @@ def get_cfg() -> CN:
         a copy of Detectron2's default config with this project's keys added.
     """
     return add_retinanet_fl_config(get_detectron2_cfg())
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """
+    Build a config the way this project's tools do: defaults, then the file, then ``KEY VALUE`` overrides.
+    On a machine without CUDA, a CUDA ``MODEL.DEVICE`` falls back to the CPU with a warning.
+
+    Args:
+        config_file: a YAML config (may use ``_BASE_``); empty for the defaults alone.
+        opts: overrides as a flat list, e.g. ``["SOLVER.MAX_ITER", "100"]``.
+
+    Returns:
+        the config, not frozen.
+    """
+    cfg = get_cfg()
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"Config file '{config_file}' does not exist (see configs/ for ours).")
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning(
+            f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but CUDA is not available: running on the CPU. "
+            "Set MODEL.DEVICE cpu to silence this."
+        )
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg

@@ -1,0 +1,91 @@
+"""Detectron2's DefaultTrainer with our evaluators, CPU-capable DDP, atomic checkpoints and clear data errors."""
+import contextlib
+import logging
+import os
+import weakref
+from typing import Iterator, Sequence
+
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .checkpoint import AtomicCheckpointer
+from .launch import create_ddp_model
+
+DATASETS_HELP = (
+    "Detectron2 reads datasets from $DETECTRON2_DATASETS (now '{root}'); COCO must be laid out as "
+    "coco/{{train2017,val2017,annotations}} with annotations/instances_{{train2017,val2017}}.json. "
+    "To try the project without COCO, use configs/synthetic/retinanet_R18_FPN_synthetic.yaml."
+)
+
+
+@contextlib.contextmanager
+def explain_missing_dataset(dataset_names: Sequence[str]) -> Iterator[None]:
+    """Turn a missing dataset file into an error that says where Detectron2 looks for datasets."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+        raise FileNotFoundError(
+            f"Dataset {', '.join(dataset_names)} not found ({error}). " + DATASETS_HELP.format(root=root)
+        ) from error
+
+
+class Trainer(DefaultTrainer):
+    """
+    Detectron2's DefaultTrainer with:
+
+    * COCOEvaluator for COCO-format datasets, Pascal VOC's evaluator for VOC datasets;
+    * DistributedDataParallel that also works for a model on the CPU (gloo workers);
+    * checkpoints written atomically, so a killed run always leaves a loadable latest checkpoint;
+    * missing datasets reported with where to put them.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # Mirrors DefaultTrainer.__init__, which hard-codes the DDP wrapper and the checkpointer.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        with explain_missing_dataset(cfg.DATASETS.TRAIN):
+            return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        with explain_missing_dataset([dataset_name]):
+            return super().build_test_loader(cfg, dataset_name)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
+        """
+        Returns:
+            COCOEvaluator (box AP) for COCO-format datasets, PascalVOCDetectionEvaluator for VOC.
+        """
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type != "coco":
+            raise ValueError(
+                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; this trainer evaluates "
+                "box detection on COCO-format ('coco') or Pascal VOC ('pascal_voc') datasets."
+            )
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
