@@ -1,6 +1,5 @@
 """A DetectionCheckpointer whose files are written atomically and whose load errors name the file."""
 import os
-import pickle
 import tempfile
 from typing import Any, Dict
 
@@ -57,11 +56,14 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"Weights file '{path}' does not exist. Check MODEL.WEIGHTS (or the last_checkpoint "
                 "file in OUTPUT_DIR when resuming)."
             )
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
-            return super().load(path, *args, **kwargs)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            return super()._load_file(filename)
+        except Exception as error:
             raise RuntimeError(
-                f"Could not read weights file '{path}': it is corrupt or not a checkpoint "
+                f"Could not read weights file '{filename}': it is corrupt or not a checkpoint "
                 f"({type(error).__name__}: {error}). Check MODEL.WEIGHTS."
             ) from error
 
