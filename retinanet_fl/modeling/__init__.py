@@ -1,1 +1,2 @@
 """Our meta-architecture, anchor generator, head and classification losses, registered into Detectron2."""
+from . import cls_losses  # noqa: F401  registers the classification losses
