@@ -1,0 +1,55 @@
+"""``python -m retinanet_fl.data.synthetic --out DIR``: write the synthetic COCO-format dataset."""
+
+import argparse
+import json
+import time
+from typing import List, Optional
+
+from . import DEFAULT_SYNTHETIC_ROOT
+from .generate import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_NUM_TRAIN,
+    DEFAULT_NUM_VAL,
+    DEFAULT_SEED,
+    SPLITS,
+    generate_synthetic_coco,
+    synthetic_split_paths,
+)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.data.synthetic",
+        description="Write the synthetic shapes dataset in COCO's format, replacing an earlier "
+        "one at --out.",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_SYNTHETIC_ROOT, help="output folder (default: %(default)s)"
+    )
+    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="training images")
+    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="validation images")
+    parser.add_argument(
+        "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="side of the square images"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    try:
+        generate_synthetic_coco(args.out, args.num_train, args.num_val, args.image_size, args.seed)
+    except ValueError as e:
+        parser.error(str(e))
+    seconds = time.perf_counter() - start
+    for split in SPLITS:
+        json_file, image_root = synthetic_split_paths(args.out, split)
+        with open(json_file) as f:
+            dataset = json.load(f)
+        print(
+            f"{split}: {len(dataset['images'])} images in {image_root}, "
+            f"{len(dataset['annotations'])} objects in {json_file}"
+        )
+    print(f"Generated in {seconds:.1f} s.")
+
+
+if __name__ == "__main__":
+    main()
