@@ -6,12 +6,13 @@ import weakref
 from typing import Iterator, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
 from .checkpoint import AtomicCheckpointer
 from .launch import create_ddp_model
 
@@ -66,12 +67,20 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         with explain_missing_dataset(cfg.DATASETS.TRAIN):
-            return super().build_train_loader(cfg)
+            loaded = [load_dataset_dicts(name) for name in cfg.DATASETS.TRAIN]
+        # Missing images and bad boxes are checked, counted and logged here, outside the message
+        # about missing dataset files.
+        dataset = prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, True), dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         with explain_missing_dataset([dataset_name]):
-            return super().build_test_loader(cfg, dataset_name)
+            loaded = [load_dataset_dicts(dataset_name)]
+        dataset = prepare_dataset_dicts(loaded, filter_empty=False)
+        return build_detection_test_loader(
+            dataset, mapper=RobustDatasetMapper(cfg, False), num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
