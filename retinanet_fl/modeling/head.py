@@ -1,0 +1,179 @@
+"""The RetinaNet head (paper §4, Figure 3 (c)(d)) and its registry.
+
+Two towers of ``NUM_CONVS`` 3×3 convs with ReLU, one for classification and one for boxes, shared
+across pyramid levels and sharing no weights with each other; the classification tower ends in a
+3×3 conv with ``A × K`` outputs, the box tower in one with ``A × 4``. Module names are those of
+Detectron2's ``RetinaNetHead`` (``cls_subnet``, ``bbox_subnet``, ``cls_score``, ``bbox_pred``) so
+its checkpoints load unchanged.
+"""
+
+import math
+from typing import List, Tuple
+
+from detectron2.config import configurable
+from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.utils.registry import Registry
+from torch import Tensor, nn
+
+__all__ = [
+    "RETINANET_FL_HEAD_REGISTRY",
+    "RetinaNetFocalHead",
+    "build_retinanet_fl_head",
+    "prior_bias",
+]
+
+RETINANET_FL_HEAD_REGISTRY = Registry("RETINANET_FL_HEAD")
+RETINANET_FL_HEAD_REGISTRY.__doc__ = """
+Registry for RetinaNet heads: modules that map a list of per-level features to per-level
+classification logits ``(N, A×K, Hi, Wi)`` and box deltas ``(N, A×4, Hi, Wi)``.
+
+The registered object is called with ``obj(cfg, input_shape)``.
+"""
+
+# Detectron2's per-level batch norm: one set of statistics per pyramid level, shared convs.
+_PER_LEVEL_BN = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
+
+
+def prior_bias(prior_prob: float) -> float:
+    """
+    The classification bias that makes every anchor start as foreground with confidence π
+    (paper §4.1, "Initialization"): ``b = −log((1 − π) / π)``.
+
+    Args:
+        prior_prob: π, in the open interval (0, 1).
+
+    Returns:
+        the bias value.
+    """
+    if not 0.0 < prior_prob < 1.0:
+        raise ValueError(
+            f"MODEL.RETINANET.PRIOR_PROB must be in the open interval (0, 1) (0.01 in the paper), "
+            f"got {prior_prob}; set MODEL.RETINANET_FL.USE_PRIOR_INIT False for a zero bias."
+        )
+    return -math.log((1.0 - prior_prob) / prior_prob)
+
+
+@RETINANET_FL_HEAD_REGISTRY.register()
+class RetinaNetFocalHead(nn.Module):
+    """
+    Classification and box subnets of RetinaNet, applied to every pyramid level.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        num_anchors: int,
+        num_convs: int = 4,
+        norm: str = "",
+        prior_prob: float = 0.01,
+        use_prior_init: bool = True,
+    ):
+        """
+        Args:
+            input_shape: shape of each input feature map; all must have the same channels.
+            num_classes: K, the number of object classes (no background class).
+            num_anchors: A, anchors per location.
+            num_convs: 3×3 conv + ReLU layers in each tower (4 in the paper).
+            norm: normalization after each tower conv: "" (the paper), "GN", or "BN"/"SyncBN"
+                (separate statistics per level, as in Detectron2).
+            prior_prob: π of the classification bias initialisation.
+            use_prior_init: False initialises the classification bias to 0 (the "no prior"
+                ablation); π is then unused.
+        """
+        super().__init__()
+        _validate_head_params(input_shape, num_classes, num_anchors, num_convs)
+        bias_value = prior_bias(prior_prob) if use_prior_init else 0.0
+
+        channels = input_shape[0].channels
+        self._num_levels = len(input_shape)
+        self.cls_subnet = self._make_tower(channels, num_convs, norm)
+        self.bbox_subnet = self._make_tower(channels, num_convs, norm)
+        self.cls_score = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, mean=0.0, std=0.01)
+                nn.init.constant_(module.bias, 0.0)
+        nn.init.constant_(self.cls_score.bias, bias_value)
+
+    def _make_tower(self, channels: int, num_convs: int, norm: str) -> nn.Sequential:
+        layers: List[nn.Module] = []
+        for _ in range(num_convs):
+            layers.append(nn.Conv2d(channels, channels, 3, padding=1))
+            if norm in _PER_LEVEL_BN:
+                layers.append(
+                    CycleBatchNormList(
+                        length=self._num_levels, bn_class=_PER_LEVEL_BN[norm], num_features=channels
+                    )
+                )
+            elif norm:
+                layers.append(get_norm(norm, channels))
+            layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        num_anchors = build_anchor_generator(cfg, input_shape).num_cell_anchors
+        if len(set(num_anchors)) != 1:
+            raise ValueError(
+                f"The head shares its convs across levels, so every level needs the same number of "
+                f"anchors per location; MODEL.ANCHOR_GENERATOR gives {num_anchors}."
+            )
+        return {
+            "input_shape": input_shape,
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "num_anchors": num_anchors[0],
+            "num_convs": cfg.MODEL.RETINANET.NUM_CONVS,
+            "norm": cfg.MODEL.RETINANET.NORM,
+            "prior_prob": cfg.MODEL.RETINANET.PRIOR_PROB,
+            "use_prior_init": cfg.MODEL.RETINANET_FL.USE_PRIOR_INIT,
+        }
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        Args:
+            features: per-level feature maps, finest first, each ``(N, C, Hi, Wi)``.
+
+        Returns:
+            list[Tensor]: per-level classification logits, each ``(N, A×K, Hi, Wi)``.
+            list[Tensor]: per-level box deltas ``(dx, dy, dw, dh)``, each ``(N, A×4, Hi, Wi)``.
+        """
+        if len(features) != self._num_levels:
+            raise ValueError(
+                f"The head was built for {self._num_levels} feature levels, got {len(features)}."
+            )
+        logits = [self.cls_score(self.cls_subnet(x)) for x in features]
+        box_deltas = [self.bbox_pred(self.bbox_subnet(x)) for x in features]
+        return logits, box_deltas
+
+
+def _validate_head_params(input_shape, num_classes, num_anchors, num_convs):
+    if len(input_shape) == 0:
+        raise ValueError("The head needs at least one input feature (MODEL.RETINANET.IN_FEATURES).")
+    channels = {shape.channels for shape in input_shape}
+    if len(channels) != 1:
+        raise ValueError(
+            f"All feature levels must have the same channels for the shared head, got {channels}."
+        )
+    if num_classes < 1:
+        raise ValueError(f"MODEL.RETINANET.NUM_CLASSES must be >= 1, got {num_classes}.")
+    if num_anchors < 1:
+        raise ValueError(
+            f"The anchor generator must give >= 1 anchor per location, got {num_anchors}."
+        )
+    if num_convs < 0:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CONVS must be >= 0 (4 in the paper), got {num_convs}."
+        )
+
+
+def build_retinanet_fl_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
+    """
+    Build the head named by ``cfg.MODEL.RETINANET_FL.HEAD_NAME``.
+    """
+    return RETINANET_FL_HEAD_REGISTRY.get(cfg.MODEL.RETINANET_FL.HEAD_NAME)(cfg, input_shape)

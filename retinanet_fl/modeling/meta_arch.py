@@ -1,0 +1,570 @@
+"""FocalLossRetinaNet: RetinaNet (paper §4) as a Detectron2 meta-architecture.
+
+Training: backbone (ResNet-FPN, P3–P7) → head → anchors → anchor labelling (Detectron2's
+``Matcher`` on IoU computed in chunks of anchors) → classification loss from ``CLS_LOSS_REGISTRY``
+(in fp32) + box loss (Detectron2's dense box-regression helper), both divided by the loss
+normalizer. Inference: per level, score threshold then top-k, decoding; class-wise NMS over all
+levels; the best ``max_detections_per_image``; rescaling to the requested output size.
+
+With ``LOSS_NORMALIZER "ema"``, ``ALLOW_LOW_QUALITY_MATCHES True`` and the focal loss, this model
+computes what Detectron2's ``RetinaNet`` computes (tests/test_meta_arch.py proves it), and its
+parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectron2 RetinaNet
+checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see ``_CAFFE2_RETINANET_KEYS``).
+"""
+
+import copy
+import math
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from .cls_losses import build_cls_loss
+from .head import build_retinanet_fl_head
+
+__all__ = ["FocalLossRetinaNet", "match_anchors"]
+
+LOSS_NORMALIZERS = ("ema", "num_pos")
+BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+# Detectron2 starts its moving average of the positive-anchor count at 100.
+_EMA_NORMALIZER_START = 100.0
+
+# Detectron (Caffe2) RetinaNet blob names, as Detectron2's `convert_c2_detectron_names` leaves them
+# (it knows the backbone and FPN laterals/outputs, not P6/P7 nor the RetinaNet head), mapped to
+# ours. Caffe2 shares the head's blobs across levels under the finest level's name (fpn3).
+_CAFFE2_RETINANET_KEYS = [
+    (re.compile(r"^fpn\.(6|7)\.(weight|bias)$"), r"backbone.top_block.p\1.\2"),
+    (re.compile(r"^retnet\.cls\.pred\.fpn\d+\.(weight|bias)$"), r"head.cls_score.\1"),
+    (re.compile(r"^retnet\.bbox\.pred\.fpn\d+\.(weight|bias)$"), r"head.bbox_pred.\1"),
+]
+_CAFFE2_RETINANET_TOWER_KEY = re.compile(
+    r"^retnet\.(cls|bbox)\.conv\.n(\d+)\.fpn\d+\.(weight|bias)$"
+)
+
+
+def match_anchors(
+    gt_boxes: Boxes, anchors: Boxes, matcher: Matcher, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
+    """
+    ``matcher(pairwise_iou(gt_boxes, anchors))`` without ever holding more than ``chunk_size``
+    anchors' IoU columns: thresholds are applied chunk by chunk, and the low-quality matches
+    (each GT box's best anchors, ties included) use the best IoU over all chunks, recomputing IoU
+    only for the chunks that contain such an anchor.
+
+    Args:
+        gt_boxes: M ground-truth boxes.
+        anchors: R anchors.
+        matcher: Detectron2's matcher; its ``allow_low_quality_matches`` is honoured.
+        chunk_size: anchors per chunk.
+
+    Returns:
+        Tensor: ``(R,)`` int64, index of the matched GT box of each anchor.
+        Tensor: ``(R,)`` int8, the matcher's label of each anchor (1, 0 or -1).
+    """
+    num_anchors = len(anchors)
+    if num_anchors <= chunk_size:
+        return matcher(pairwise_iou(gt_boxes, anchors))
+
+    threshold_matcher = copy.copy(matcher)
+    threshold_matcher.allow_low_quality_matches = False
+    starts = range(0, num_anchors, chunk_size)
+    matched_idxs, match_labels, chunk_best_iou = [], [], []
+    for start in starts:
+        iou = pairwise_iou(gt_boxes, anchors[start : start + chunk_size])
+        idxs, labels = threshold_matcher(iou)
+        matched_idxs.append(idxs)
+        match_labels.append(labels)
+        chunk_best_iou.append(iou.max(dim=1).values)
+    matched_idxs = torch.cat(matched_idxs)
+    match_labels = torch.cat(match_labels)
+
+    if matcher.allow_low_quality_matches:
+        best_iou_per_gt = torch.stack(chunk_best_iou).max(dim=0).values  # (M,)
+        for start, chunk_best in zip(starts, chunk_best_iou):
+            if not (chunk_best == best_iou_per_gt).any():
+                continue
+            iou = pairwise_iou(gt_boxes, anchors[start : start + chunk_size])
+            is_best_for_a_gt = (iou == best_iou_per_gt[:, None]).any(dim=0)
+            match_labels[start : start + chunk_size][is_best_for_a_gt] = 1
+    return matched_idxs, match_labels
+
+
+@META_ARCH_REGISTRY.register()
+class FocalLossRetinaNet(DenseDetector):
+    """
+    RetinaNet trained with a classification loss from ``CLS_LOSS_REGISTRY`` (focal loss by default).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        anchor_matcher: Matcher,
+        num_classes: int,
+        cls_loss: nn.Module,
+        box_reg_loss_type: str = "smooth_l1",
+        smooth_l1_beta: float = 0.0,
+        loss_normalizer: str = "ema",
+        loss_normalizer_momentum: float = 0.9,
+        iou_chunk_size: int = 100000,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.5,
+        max_detections_per_image: int = 100,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: a Detectron2 backbone giving the ``head_in_features`` maps.
+            head: maps per-level features to logits ``(N, A×K, Hi, Wi)`` and deltas
+                ``(N, A×4, Hi, Wi)``, e.g. :class:`RetinaNetFocalHead`.
+            head_in_features: backbone outputs used by the head, finest first (P3 … P7).
+            anchor_generator: gives per-level anchors (list[Boxes]) from the feature maps.
+            box2box_transform: box ↔ delta encoding.
+            anchor_matcher: labels anchors from their IoU with GT boxes (thresholds, labels and
+                whether to allow low-quality matches).
+            num_classes: K.
+            cls_loss: ``cls_loss(pred_logits (N, R, K), gt_labels (N, R), anchors (R, 4))`` → the
+                summed classification loss; ``gt_labels`` holds K for background, -1 for ignored.
+            box_reg_loss_type: "smooth_l1" (the paper), "giou", "diou" or "ciou".
+            smooth_l1_beta: β of the smooth L1 loss; 0 is the L1 loss.
+            loss_normalizer: "num_pos" (the paper: foreground anchors in the batch, averaged over
+                workers, at least 1) or "ema" (Detectron2: moving average of the per-worker count,
+                starting at 100).
+            loss_normalizer_momentum: momentum of the "ema" normalizer.
+            iou_chunk_size: anchors per IoU chunk in labelling.
+            test_score_thresh: per-level score threshold before top-k (0.05).
+            test_topk_candidates: per-level candidates kept after the threshold (1000).
+            test_nms_thresh: IoU threshold of the class-wise NMS (0.5).
+            max_detections_per_image: detections kept per image after NMS (100).
+            pixel_mean, pixel_std: image normalisation, see :class:`DenseDetector`.
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        _validate_meta_arch_params(
+            num_classes=num_classes,
+            box_reg_loss_type=box_reg_loss_type,
+            smooth_l1_beta=smooth_l1_beta,
+            loss_normalizer=loss_normalizer,
+            loss_normalizer_momentum=loss_normalizer_momentum,
+            iou_chunk_size=iou_chunk_size,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+        )
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        self.anchor_matcher = anchor_matcher
+        self.cls_loss = cls_loss
+        self.box_reg_loss_type = box_reg_loss_type
+        self.smooth_l1_beta = smooth_l1_beta
+        self.loss_normalizer_type = loss_normalizer
+        self.loss_normalizer_momentum = loss_normalizer_momentum
+        self.iou_chunk_size = iou_chunk_size
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        # A buffer, so that the moving average is saved in checkpoints and restored on resume.
+        self.register_buffer("loss_normalizer_ema", torch.tensor(_EMA_NORMALIZER_START))
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
+        missing = [f for f in in_features if f not in backbone_shape]
+        if missing or not in_features:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES = {in_features} must be a non-empty subset of the "
+                f"backbone's outputs {sorted(backbone_shape)}, e.g. ['p3', 'p4', 'p5', 'p6', 'p7']."
+            )
+        feature_shapes = [backbone_shape[f] for f in in_features]
+        return {
+            "backbone": backbone,
+            "head": build_retinanet_fl_head(cfg, feature_shapes),
+            "head_in_features": in_features,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "anchor_matcher": build_anchor_matcher(
+                cfg.MODEL.RETINANET.IOU_THRESHOLDS,
+                cfg.MODEL.RETINANET.IOU_LABELS,
+                cfg.MODEL.RETINANET_FL.ALLOW_LOW_QUALITY_MATCHES,
+            ),
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "cls_loss": build_cls_loss(cfg),
+            "box_reg_loss_type": cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE,
+            "smooth_l1_beta": cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA,
+            "loss_normalizer": cfg.MODEL.RETINANET_FL.LOSS_NORMALIZER,
+            "loss_normalizer_momentum": cfg.MODEL.RETINANET_FL.LOSS_NORMALIZER_MOMENTUM,
+            "iou_chunk_size": cfg.MODEL.RETINANET_FL.IOU_CHUNK_SIZE,
+            "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+
+    @torch.no_grad()
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """
+        Args:
+            anchors: per-level anchors, each ``(Hi×Wi×A, 4)``.
+            gt_instances: N images' ground truth, with ``gt_boxes`` and ``gt_classes``.
+
+        Returns:
+            Tensor: ``(N, R)`` int64 labels over all levels' anchors: a class in [0, K) for
+                foreground, K for background, -1 for ignored.
+            list[Tensor]: N tensors ``(R, 4)``, the matched GT box of each anchor (meaningful for
+                foreground anchors only).
+        """
+        anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for gt_per_image in gt_instances:
+            if len(gt_per_image) == 0:
+                gt_labels.append(
+                    torch.full(
+                        (len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device
+                    )
+                )
+                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
+                continue
+            self._check_gt_classes(gt_per_image.gt_classes)
+            matched_idxs, match_labels = match_anchors(
+                gt_per_image.gt_boxes, anchors, self.anchor_matcher, self.iou_chunk_size
+            )
+            labels = gt_per_image.gt_classes[matched_idxs]
+            labels[match_labels == 0] = self.num_classes
+            labels[match_labels == -1] = -1
+            gt_labels.append(labels)
+            matched_gt_boxes.append(gt_per_image.gt_boxes.tensor[matched_idxs])
+        return torch.stack(gt_labels), matched_gt_boxes
+
+    def _check_gt_classes(self, gt_classes: Tensor) -> None:
+        if gt_classes.min() < 0 or gt_classes.max() >= self.num_classes:
+            raise ValueError(
+                f"Ground-truth class ids must be in [0, MODEL.RETINANET.NUM_CLASSES = "
+                f"{self.num_classes}), got ids from {gt_classes.min().item()} to "
+                f"{gt_classes.max().item()}; set NUM_CLASSES to the dataset's number of classes."
+            )
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[Tensor],
+        gt_labels: Tensor,
+        pred_anchor_deltas: List[Tensor],
+        gt_boxes: List[Tensor],
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            anchors: per-level anchors, each ``(Hi×Wi×A, 4)``.
+            pred_logits: per-level logits, each ``(N, Hi×Wi×A, K)``.
+            gt_labels: ``(N, R)``, see :meth:`label_anchors`.
+            pred_anchor_deltas: per-level deltas, each ``(N, Hi×Wi×A, 4)``.
+            gt_boxes: N tensors ``(R, 4)``, see :meth:`label_anchors`.
+
+        Returns:
+            dict with "loss_cls" and "loss_box_reg", each summed over anchors and divided by the
+            loss normalizer.
+        """
+        num_images = gt_labels.shape[0]
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        normalizer = self._loss_normalizer(num_pos_anchors)
+        _put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        _put_scalar("loss_normalizer", normalizer)
+
+        # The loss sums ~100k terms per image, most of them tiny: fp16 would lose them.
+        with torch.autocast(device_type=gt_labels.device.type, enabled=False):
+            loss_cls = self.cls_loss(
+                cat(pred_logits, dim=1).float(), gt_labels, Boxes.cat(anchors).tensor
+            )
+            loss_box_reg = _dense_box_regression_loss(
+                anchors,
+                self.box2box_transform,
+                [deltas.float() for deltas in pred_anchor_deltas],
+                gt_boxes,
+                pos_mask,
+                box_reg_loss_type=self.box_reg_loss_type,
+                smooth_l1_beta=self.smooth_l1_beta,
+            )
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def _loss_normalizer(self, num_pos_anchors: int) -> float:
+        """
+        Returns:
+            the number the summed losses are divided by: the positive-anchor count averaged over
+            workers ("num_pos"; with DDP's gradient averaging this divides the loss summed over
+            the whole batch by the batch's positive count), or its moving average ("ema").
+        """
+        if self.loss_normalizer_type == "num_pos":
+            return max(_mean_over_workers(float(num_pos_anchors), self.device), 1.0)
+        momentum = self.loss_normalizer_momentum
+        value = self.loss_normalizer_ema.item() * momentum + max(num_pos_anchors, 1) * (
+            1 - momentum
+        )
+        self.loss_normalizer_ema.fill_(value)
+        return value
+
+    # ------------------------------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------------------------------
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        return [
+            self.inference_single_image(
+                anchors,
+                [logits[img_idx].sigmoid() for logits in pred_logits],
+                [deltas[img_idx] for deltas in pred_anchor_deltas],
+                image_size,
+            )
+            for img_idx, image_size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        pred_scores: List[Tensor],
+        pred_deltas: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Args:
+            anchors: per-level anchors, each ``(Hi×Wi×A, 4)``.
+            pred_scores: per-level class probabilities, each ``(Hi×Wi×A, K)``.
+            pred_deltas: per-level box deltas, each ``(Hi×Wi×A, 4)``.
+            image_size: (height, width) of the image as fed to the network.
+
+        Returns:
+            at most ``max_detections_per_image`` detections, best first, with "pred_boxes",
+            "scores" and "pred_classes".
+        """
+        # Per level: keep (anchor, class) pairs above the threshold, then the top-k of them.
+        candidates = self._decode_multi_level_predictions(
+            anchors,
+            pred_scores,
+            pred_deltas,
+            self.test_score_thresh,
+            self.test_topk_candidates,
+            image_size,
+        )
+        keep = batched_nms(
+            candidates.pred_boxes.tensor,
+            candidates.scores,
+            candidates.pred_classes,
+            self.test_nms_thresh,
+        )
+        return candidates[keep[: self.max_detections_per_image]]
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+    # ------------------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._rename_caffe2_retinanet_keys(state_dict, prefix)
+        # Detectron2 RetinaNet checkpoints have no normalizer buffer: start the average afresh,
+        # as Detectron2 does, instead of reporting a missing key.
+        state_dict.setdefault(
+            prefix + "loss_normalizer_ema", self.loss_normalizer_ema.detach().clone()
+        )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _rename_caffe2_retinanet_keys(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
+        tower_conv_names = {
+            tower: _conv_child_names(getattr(self.head, f"{tower}_subnet", None))
+            for tower in ("cls", "bbox")
+        }
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            new_name = _caffe2_retinanet_name(key[len(prefix) :], tower_conv_names)
+            if new_name is not None and prefix + new_name not in state_dict:
+                state_dict[prefix + new_name] = state_dict.pop(key)
+
+
+def _conv_child_names(tower: Optional[nn.Module]) -> List[str]:
+    """Names of the convs of a head tower, in order (the tower may interleave norm layers)."""
+    if tower is None:
+        return []
+    return [name for name, child in tower.named_children() if isinstance(child, nn.Conv2d)]
+
+
+def _caffe2_retinanet_name(name: str, tower_conv_names: Dict[str, List[str]]) -> Optional[str]:
+    """
+    Returns:
+        our parameter name for a Detectron (Caffe2) RetinaNet key left unmatched by Detectron2's
+        conversion, or None when ``name`` is not one.
+    """
+    for pattern, replacement in _CAFFE2_RETINANET_KEYS:
+        if pattern.match(name):
+            return pattern.sub(replacement, name)
+    tower_match = _CAFFE2_RETINANET_TOWER_KEY.match(name)
+    if tower_match is None:
+        return None
+    tower, conv_idx, param = tower_match.groups()
+    conv_names = tower_conv_names[tower]
+    if int(conv_idx) >= len(conv_names):
+        return None
+    return f"head.{tower}_subnet.{conv_names[int(conv_idx)]}.{param}"
+
+
+def build_anchor_matcher(
+    iou_thresholds: Sequence[float], iou_labels: Sequence[int], allow_low_quality_matches: bool
+) -> Matcher:
+    """
+    Detectron2's ``Matcher``, after checking the config values with messages that name the keys.
+
+    Args:
+        iou_thresholds: increasing IoU thresholds in (0, 1], e.g. [0.4, 0.5].
+        iou_labels: one label in {-1, 0, 1} per interval, e.g. [0, -1, 1].
+        allow_low_quality_matches: give each GT box its best anchors even below the threshold.
+    """
+    thresholds = [float(t) for t in iou_thresholds]
+    if (
+        not thresholds
+        or any(not 0.0 < t <= 1.0 for t in thresholds)
+        or any(lo > hi for lo, hi in zip(thresholds[:-1], thresholds[1:]))
+    ):
+        raise ValueError(
+            f"MODEL.RETINANET.IOU_THRESHOLDS must be non-decreasing values in (0, 1] (the paper: "
+            f"[0.4, 0.5]), got {list(iou_thresholds)}."
+        )
+    labels = [int(label) for label in iou_labels]
+    if len(labels) != len(thresholds) + 1 or any(label not in (-1, 0, 1) for label in labels):
+        raise ValueError(
+            f"MODEL.RETINANET.IOU_LABELS must have len(IOU_THRESHOLDS) + 1 = {len(thresholds) + 1} "
+            f"values in {{-1, 0, 1}} (the paper: [0, -1, 1]), got {list(iou_labels)}."
+        )
+    return Matcher(thresholds, labels, allow_low_quality_matches=bool(allow_low_quality_matches))
+
+
+def _validate_meta_arch_params(
+    *,
+    num_classes: int,
+    box_reg_loss_type: str,
+    smooth_l1_beta: float,
+    loss_normalizer: str,
+    loss_normalizer_momentum: float,
+    iou_chunk_size: int,
+    test_score_thresh: float,
+    test_topk_candidates: int,
+    test_nms_thresh: float,
+    max_detections_per_image: int,
+) -> None:
+    checks = [
+        (num_classes >= 1, "MODEL.RETINANET.NUM_CLASSES", num_classes, ">= 1"),
+        (
+            box_reg_loss_type in BOX_REG_LOSS_TYPES,
+            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+            box_reg_loss_type,
+            f"one of {BOX_REG_LOSS_TYPES}",
+        ),
+        (
+            math.isfinite(smooth_l1_beta) and smooth_l1_beta >= 0,
+            "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA",
+            smooth_l1_beta,
+            ">= 0 (0 is the L1 loss)",
+        ),
+        (
+            loss_normalizer in LOSS_NORMALIZERS,
+            "MODEL.RETINANET_FL.LOSS_NORMALIZER",
+            loss_normalizer,
+            f"one of {LOSS_NORMALIZERS}",
+        ),
+        (
+            0.0 <= loss_normalizer_momentum < 1.0,
+            "MODEL.RETINANET_FL.LOSS_NORMALIZER_MOMENTUM",
+            loss_normalizer_momentum,
+            "in [0, 1)",
+        ),
+        (iou_chunk_size >= 1, "MODEL.RETINANET_FL.IOU_CHUNK_SIZE", iou_chunk_size, ">= 1"),
+        (
+            0.0 <= test_score_thresh < 1.0,
+            "MODEL.RETINANET.SCORE_THRESH_TEST",
+            test_score_thresh,
+            "in [0, 1)",
+        ),
+        (
+            test_topk_candidates >= 1,
+            "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+            test_topk_candidates,
+            ">= 1",
+        ),
+        (
+            0.0 < test_nms_thresh <= 1.0,
+            "MODEL.RETINANET.NMS_THRESH_TEST",
+            test_nms_thresh,
+            "in (0, 1]",
+        ),
+        (
+            max_detections_per_image >= 1,
+            "TEST.DETECTIONS_PER_IMAGE",
+            max_detections_per_image,
+            ">= 1",
+        ),
+    ]
+    for ok, key, value, allowed in checks:
+        if not ok:
+            raise ValueError(f"{key} must be {allowed}, got {value!r}.")
+
+
+def _mean_over_workers(value: float, device: torch.device) -> float:
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float32, device=device)
+    dist.all_reduce(total)
+    return total.item() / world_size
+
+
+def _put_scalar(name: str, value: float) -> None:
+    """Log to Detectron2's event storage when there is one (i.e. inside a trainer)."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    storage.put_scalar(name, value)
