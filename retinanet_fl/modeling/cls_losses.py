@@ -236,7 +236,7 @@ def ohem_select(
     candidates = torch.nonzero(gt_labels >= 0).squeeze(1)
     order = torch.argsort(example_losses[candidates], descending=True, stable=True)
     candidates = candidates[order]
-    is_pos = gt_labels < num_classes
+    is_pos = (gt_labels >= 0) & (gt_labels < num_classes)
     max_pos = max(1, math.floor(batch_size / (1 + neg_pos_ratio))) if neg_pos_ratio > 0 else 0
 
     prefix = min(len(candidates), 2 * batch_size)
