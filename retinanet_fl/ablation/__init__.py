@@ -1,0 +1,34 @@
+"""
+The paper's ablations as sweeps of ordinary ``train_net.py`` runs (Table 1a–d, Table 3, the prior
+study), the collector that lays their results out like the paper's tables, and Figures 1 and 4.
+Command line: ``python -m retinanet_fl.ablation --help``.
+"""
+
+from .cli import describe_sweeps, main, run_sweep
+from .collect import RowResult, collect_results, write_table
+from .figures import figure1, figure4
+from .runner import RunSpec, execute_run, launch_train_net, plan_runs, read_eval_results
+from .sweeps import TABLE_FILES, Preset, Sweep, SweepRow, load_preset, load_sweep, load_sweeps
+
+__all__ = [
+    "Preset",
+    "RowResult",
+    "RunSpec",
+    "Sweep",
+    "SweepRow",
+    "TABLE_FILES",
+    "collect_results",
+    "describe_sweeps",
+    "execute_run",
+    "figure1",
+    "figure4",
+    "launch_train_net",
+    "load_preset",
+    "load_sweep",
+    "load_sweeps",
+    "main",
+    "plan_runs",
+    "read_eval_results",
+    "run_sweep",
+    "write_table",
+]

@@ -1,0 +1,272 @@
+"""
+``python -m retinanet_fl.ablation``: run the paper's ablation sweeps, collect their tables, draw
+Figures 1 and 4.
+
+    python -m retinanet_fl.ablation --table 1a --dry-run
+    python -m retinanet_fl.ablation --table all --preset synthetic
+    python -m retinanet_fl.ablation --table 1b --opts SOLVER.MAX_ITER 20000 --num-gpus 8
+    python -m retinanet_fl.ablation figure1
+    python -m retinanet_fl.ablation figure4 --config-file CFG MODEL.WEIGHTS model_final.pth
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .collect import RowResult, collect_results, write_table
+from .figures import figure1, figure4
+from .runner import FAILED, Launcher, execute_run, launch_train_net, plan_runs, read_status
+from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_DIR = Path("output") / "ablations"
+
+
+def _notes(sweep: Sweep, extra_opts: Sequence[Any]) -> List[str]:
+    shared = [*sweep.base_opts, *sweep.opts]
+    notes = [f"Overrides of every run, before the row's: `{' '.join(map(str, shared)) or 'none'}`."]
+    if extra_opts:
+        notes.append(f"Overrides after the row's (`--opts`): `{' '.join(map(str, extra_opts))}`.")
+    return notes
+
+
+def run_sweep(
+    sweep: Sweep,
+    output_dir: Path,
+    extra_opts: Sequence[Any] = (),
+    launcher: Launcher = launch_train_net,
+    num_gpus: int = 1,
+    retry_failed: bool = False,
+) -> List[RowResult]:
+    """
+    Run a table's rows one after the other, skipping finished ones, and rewrite the table files
+    (``output_dir/table_<id>.{md,csv,png}``) after each run. A failed run is recorded and the
+    sweep goes on. The tables are also written when the sweep is interrupted.
+
+    Args:
+        sweep: the table.
+        output_dir: the sweep's output folder (runs go to ``output_dir/runs/``).
+        extra_opts: overrides appended to every run.
+        launcher: starts one run and returns its exit code (``train_net.py`` in a child process).
+        num_gpus: forwarded to every run.
+        retry_failed: run failed runs again.
+
+    Returns:
+        every row's result.
+    """
+    runs = plan_runs(sweep, output_dir, extra_opts, num_gpus)
+    notes = _notes(sweep, extra_opts)
+    try:
+        for row, spec in runs:
+            execute_run(row, spec, launcher, retry_failed)
+            write_table(sweep, collect_results(runs), output_dir, notes)
+    finally:
+        # Also when interrupted, so the table shows where the sweep stopped.
+        results = collect_results(runs)
+        write_table(sweep, results, output_dir, notes)
+    return results
+
+
+def describe_sweeps(
+    sweeps: Sequence[Sweep], output_dir: Path, extra_opts: Sequence[Any] = ()
+) -> str:
+    """
+    The dry run: every table's runs, their status, run folder and config overrides.
+
+    Returns:
+        the listing, one line per row under a line per table.
+    """
+    lines = []
+    first_use: Dict[Path, str] = {}
+    total_rows = 0
+    for sweep in sweeps:
+        lines.append(sweep.title)
+        lines.append(
+            f"  base config: {sweep.base_config}"
+            + (f" (preset {sweep.preset})" if sweep.preset else "")
+        )
+        for row, spec in plan_runs(sweep, output_dir, extra_opts):
+            status = read_status(spec.run_dir)
+            shared = f", same run as {first_use[spec.run_dir]}" if spec.run_dir in first_use else ""
+            first_use.setdefault(spec.run_dir, f"{sweep.table}/{row.name}")
+            lines.append(
+                f"  {row.name} [{status['status'] if status else 'pending'}{shared}] "
+                f"runs/{spec.run_dir.name}: {' '.join(spec.opts)}"
+            )
+            total_rows += 1
+    lines.append(
+        f"{total_rows} rows, {len(first_use)} distinct runs, in {Path(output_dir).resolve()}"
+    )
+    return "\n".join(lines)
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation",
+        description="Reproduce the paper's ablations (Table 1a-d, Table 3, the prior study) "
+        "as train_net.py runs.",
+        epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'.",
+    )
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        required=True,
+        choices=[*TABLE_FILES, "all"],
+        help="the table(s) to run",
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="a reduced version, e.g. 'synthetic' (configs/ablations/presets/)",
+    )
+    parser.add_argument(
+        "--base-config", type=Path, default=None, help="replaces every table's base config"
+    )
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides forwarded to every run, after the row's (e.g. SOLVER.MAX_ITER 1000)",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="forwarded to train_net.py")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help=f"where runs and tables go (default {DEFAULT_OUTPUT_DIR}, with a preset "
+        f"{DEFAULT_OUTPUT_DIR}_<preset>)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their config overrides"
+    )
+    parser.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="rewrite the tables from finished runs, run nothing",
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help=argparse.SUPPRESS)
+    return parser
+
+
+def _figure1_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation figure1",
+        description="Plot FL against p_t (the paper's Figure 1).",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT_DIR / "figure1.png")
+    return parser
+
+
+def _figure4_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation figure4",
+        description="Cumulative distribution of a trained model's normalized loss over positive "
+        "and negative "
+        "samples for several γ (the paper's Figure 4).",
+    )
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument(
+        "--num-images", type=int, default=50, help="images of DATASETS.TEST[0] to use"
+    )
+    parser.add_argument(
+        "--max-negatives", type=int, default=10_000_000, help="negative samples kept, at most"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT_DIR / "figure4.png")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    return parser
+
+
+def _run_figure4(args: argparse.Namespace) -> None:
+    from ..config import load_config
+
+    if args.num_images < 1 or args.max_negatives < 1:
+        raise ValueError(
+            "--num-images and --max-negatives must be >= 1, "
+            f"got {args.num_images} and {args.max_negatives}."
+        )
+    cfg = load_config(args.config_file, list(check_opts(args.opts, "figure4 overrides")))
+    summary = figure4(
+        cfg, args.output, num_images=args.num_images, max_negatives=args.max_negatives
+    )
+    for group, per_gamma in summary.items():
+        for gamma, stats in per_gamma.items():
+            shares = ", ".join(
+                f"{float(key.split('_')[1]):.0%}: {value:.1%}"
+                for key, value in stats.items()
+                if key.endswith("_share")
+            )
+            print(f"{group} samples, {gamma}: share of the loss in the hardest {shares}")
+    print(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+
+
+def _setup_logging() -> None:
+    """Progress of the sweeps on stderr; the runs' own logs go to their folders."""
+    package_logger = logging.getLogger(__package__)
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[ablation] %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+
+
+def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train_net) -> int:
+    """
+    The command line; see the module docstring.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+        launcher: starts one run (tests inject their own).
+
+    Returns:
+        the exit code: 0, also when runs failed (they are in the tables; the sweep went on).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    if argv and argv[0] == "figure1":
+        args = _figure1_parser().parse_args(argv[1:])
+        print(f"wrote {figure1(args.output)}")
+        return 0
+    if argv and argv[0] == "figure4":
+        _run_figure4(_figure4_parser().parse_args(argv[1:]))
+        return 0
+
+    args = _sweep_parser().parse_args(argv)
+    extra_opts = check_opts(args.opts, "--opts")
+    if args.num_gpus < 1:
+        raise ValueError(f"--num-gpus must be >= 1, got {args.num_gpus}.")
+    tables = ["all"] if "all" in args.table else args.table
+    sweeps = load_sweeps(
+        tables, preset=args.preset, base_config=args.base_config, sweeps_dir=args.sweeps_dir
+    )
+    output_dir = args.output_dir or Path(
+        f"{DEFAULT_OUTPUT_DIR}_{args.preset}" if args.preset else DEFAULT_OUTPUT_DIR
+    )
+    if args.dry_run:
+        print(describe_sweeps(sweeps, output_dir, extra_opts))
+        return 0
+    for sweep in sweeps:
+        if args.collect_only:
+            runs = plan_runs(sweep, output_dir, extra_opts, args.num_gpus)
+            results = collect_results(runs)
+            paths = write_table(sweep, results, output_dir, _notes(sweep, extra_opts))
+        else:
+            results = run_sweep(
+                sweep, output_dir, extra_opts, launcher, args.num_gpus, args.retry_failed
+            )
+            paths = {
+                ext: Path(output_dir) / f"table_{sweep.table}.{ext}" for ext in ("md", "csv", "png")
+            }
+        failed = [r.row.name for r in results if r.status == FAILED]
+        print(f"Table {sweep.table}: " + ", ".join(str(p) for p in paths.values()))
+        if failed:
+            logger.warning(f"Table {sweep.table}: failed runs {failed} (see the table for why)")
+    return 0

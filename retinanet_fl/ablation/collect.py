@@ -1,0 +1,255 @@
+"""
+Collect a sweep's results into the paper's table layout: ``table_<id>.md``, ``.csv`` and ``.png``.
+
+Each row shows our AP / AP50 / AP75 (from the run's ``metrics.json``), the paper's, and ours minus
+the paper's. Failed runs appear as failed with their error; runs not done yet as pending.
+"""
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .runner import FAILED, FINISHED, PENDING, RunSpec, read_eval_results, read_status
+from .sweeps import METRICS, Sweep, SweepRow
+
+
+@dataclasses.dataclass(frozen=True)
+class RowResult:
+    """
+    Attributes:
+        row: the table row.
+        run_dir: its run's folder.
+        status: "finished", "failed", "running" (or interrupted) or "pending" (never started).
+        metrics: our ``{"AP", "AP50", "AP75"}`` if finished, else None.
+        error: why the run failed, or "".
+    """
+
+    row: SweepRow
+    run_dir: Path
+    status: str
+    metrics: Optional[Dict[str, float]]
+    error: str = ""
+
+    def delta(self, index: int) -> Optional[float]:
+        """Ours minus the paper's for ``METRICS[index]``, or None if either is missing."""
+        paper = self.row.paper[index]
+        if self.metrics is None or paper is None:
+            return None
+        return self.metrics[METRICS[index]] - paper
+
+
+def collect_results(runs: Sequence[Tuple[SweepRow, RunSpec]]) -> List[RowResult]:
+    """
+    Args:
+        runs: (row, run) pairs from :func:`~retinanet_fl.ablation.runner.plan_runs`.
+
+    Returns:
+        each row's status and our metrics, read from its run folder.
+    """
+    results = []
+    for row, spec in runs:
+        status = read_status(spec.run_dir)
+        state = status["status"] if status else PENDING
+        metrics = read_eval_results(spec.run_dir) if state == FINISHED else None
+        error = status.get("error", "") if status else ""
+        results.append(RowResult(row, spec.run_dir, state, metrics, error))
+    return results
+
+
+def _number(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    return "nan" if math.isnan(value) else f"{value:.1f}"
+
+
+def _signed(value: Optional[float]) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:+.1f}"
+
+
+def _our_cells(result: RowResult) -> List[str]:
+    if result.metrics is not None:
+        return [_number(result.metrics[m]) for m in METRICS]
+    return [result.status] + ["–"] * (len(METRICS) - 1)
+
+
+def _paper_cells(row: SweepRow) -> List[str]:
+    if all(v is None for v in row.paper) and row.paper_note:
+        return [row.paper_note] + ["–"] * (len(METRICS) - 1)
+    return [_number(v) for v in row.paper]
+
+
+def _relative(run_dir: Path, start: Path) -> Path:
+    try:
+        return Path(run_dir).resolve().relative_to(start.resolve())
+    except ValueError:
+        return Path(run_dir)
+
+
+def _best_index(results: Sequence[RowResult]) -> Optional[int]:
+    scores = [
+        r.metrics["AP"] if r.metrics and not math.isnan(r.metrics["AP"]) else None for r in results
+    ]
+    valid = [i for i, s in enumerate(scores) if s is not None]
+    return max(valid, key=lambda i: scores[i]) if valid else None
+
+
+def write_markdown(
+    sweep: Sweep, results: Sequence[RowResult], path: Path, notes: Sequence[str] = ()
+) -> None:
+    """
+    Write the table in Markdown: key columns, ours, the paper's, the difference; our best AP bold.
+
+    Args:
+        sweep: the table.
+        results: its rows' results.
+        path: the ``.md`` file.
+        notes: lines printed under the setting (e.g. the overrides of every run).
+    """
+    header = [
+        *sweep.columns,
+        *METRICS,
+        *(f"paper {m}" for m in METRICS),
+        *(f"Δ{m}" for m in METRICS),
+    ]
+    lines = [f"# {sweep.title}", ""]
+    if sweep.preset:
+        setting = (
+            f"{sweep.preset_description.rstrip('.')} (preset `{sweep.preset}`); "
+            f"the paper: {sweep.description}"
+        )
+    else:
+        setting = sweep.description
+    lines += [f"Setting: {setting}", "", f"Base config: `{sweep.base_config}`.", ""]
+    lines += [f"{note}" for note in notes] + ([""] if notes else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = _best_index(results)
+    for index, result in enumerate(results):
+        ours = _our_cells(result)
+        if index == best:
+            ours[0] = f"**{ours[0]}**"
+        deltas = [_signed(result.delta(i)) for i in range(len(METRICS))]
+        lines.append(
+            "| "
+            + " | ".join([*result.row.columns, *ours, *_paper_cells(result.row), *deltas])
+            + " |"
+        )
+    failures = [r for r in results if r.status == FAILED]
+    if failures:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {' '.join(r.row.columns)} ({r.row.name}): {r.error}" for r in failures]
+    lines += ["", "Runs:", ""]
+    lines += [
+        f"- {r.row.name}: `{_relative(r.run_dir, Path(path).parent)}` ({r.status})" for r in results
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
+    """
+    Write one line per row: key columns, row name, status, ours, the paper's, the difference,
+    the paper's note, the error and the run folder. Missing numbers are empty cells.
+    """
+
+    def cell(value: Optional[float]) -> str:
+        return "" if value is None else repr(round(value, 4))
+
+    header = [
+        *sweep.columns,
+        "row",
+        "status",
+        *METRICS,
+        *(f"paper_{m}" for m in METRICS),
+        *(f"delta_{m}" for m in METRICS),
+        "paper_note",
+        "error",
+        "run_dir",
+    ]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for result in results:
+            ours = [result.metrics[m] if result.metrics else None for m in METRICS]
+            writer.writerow(
+                [
+                    *result.row.columns,
+                    result.row.name,
+                    result.status,
+                    *map(cell, ours),
+                    *map(cell, result.row.paper),
+                    *(cell(result.delta(i)) for i in range(len(METRICS))),
+                    result.row.paper_note,
+                    result.error,
+                    str(result.run_dir),
+                ]
+            )
+
+
+def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
+    """
+    Plot AP against the swept value, ours and the paper's; failed runs as red crosses on the axis.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = list(range(len(results)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(results) + 2.0), 4.0))
+    paper = [(i, r.row.paper[0]) for i, r in zip(positions, results) if r.row.paper[0] is not None]
+    ours = [(i, r.metrics["AP"]) for i, r in zip(positions, results) if r.metrics is not None]
+    failed = [i for i, r in zip(positions, results) if r.status == FAILED]
+    if paper:
+        ax.plot(*zip(*paper), "s--", color="tab:gray", label="paper")
+    if ours:
+        ax.plot(
+            *zip(*ours),
+            "o-",
+            color="tab:blue",
+            label="ours" + (f" ({sweep.preset})" if sweep.preset else ""),
+        )
+    if failed:
+        ax.plot(
+            failed,
+            [0.0] * len(failed),
+            "x",
+            color="tab:red",
+            markersize=10,
+            mew=2,
+            label="ours: failed",
+        )
+    ax.set_xticks(positions)
+    ax.set_xticklabels(
+        [r.row.label for r in results],
+        rotation=30 if len(results) > 6 else 0,
+        ha="right" if len(results) > 6 else "center",
+    )
+    ax.set_xlabel(sweep.xlabel)
+    ax.set_ylabel("AP")
+    ax.set_title(sweep.title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_table(
+    sweep: Sweep, results: Sequence[RowResult], output_dir: Path, notes: Sequence[str] = ()
+) -> Dict[str, Path]:
+    """
+    Write ``table_<id>.md``, ``.csv`` and ``.png`` into ``output_dir``.
+
+    Returns:
+        the paths, keyed by "md", "csv", "png".
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: output_dir / f"table_{sweep.table}.{ext}" for ext in ("md", "csv", "png")}
+    write_markdown(sweep, results, paths["md"], notes)
+    write_csv(sweep, results, paths["csv"])
+    plot_table(sweep, results, paths["png"])
+    return paths
