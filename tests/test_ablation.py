@@ -226,10 +226,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_runs(tmp_path):
     fake = FakeTrainNet()
     run_sweep(sweep, tmp_path / "out", ["SOLVER.MAX_ITER", 2], launcher=fake)
     assert fake.calls == []
-    # Other overrides are another configuration: new runs, not the stale results.
+
+    # Other overrides are another configuration: new runs, not the stale results; restating a
+    # value the config already has is the same configuration.
+    def first_run_dir(extra_opts):
+        return plan_runs(sweep, tmp_path / "out", extra_opts)[0][1].run_dir
+
+    assert first_run_dir(["SOLVER.MAX_ITER", 3]) != results[0].run_dir
     assert (
-        plan_runs(sweep, tmp_path / "out", ["SOLVER.MAX_ITER", 3])[0][1].run_dir
-        != results[0].run_dir
+        first_run_dir(["SOLVER.MAX_ITER", 2, "MODEL.RETINANET.NUM_CLASSES", 3])
+        == results[0].run_dir
     )
 
 

@@ -137,6 +137,11 @@ def write_markdown(
             + " | ".join([*result.row.columns, *ours, *_paper_cells(result.row), *deltas])
             + " |"
         )
+    if any(r.metrics and any(math.isnan(v) for v in r.metrics.values()) for r in results):
+        lines += [
+            "",
+            "nan: the model made no detection above the score threshold (COCOEvaluator's NaN).",
+        ]
     failures = [r for r in results if r.status == FAILED]
     if failures:
         lines += ["", "Failed runs:", ""]

@@ -94,22 +94,37 @@ def format_opts(opts: Sequence[Any]) -> Tuple[str, ...]:
     return tuple(key if i % 2 == 0 else format_opt_value(key) for i, key in enumerate(opts))
 
 
+def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
+    """A nested config as ``{"MODEL.RETINANET.FOCAL_LOSS_ALPHA": 0.25, ...}``."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: Dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
 def config_digest(config_file: Path, opts: Sequence[str]) -> str:
     """
-    Fingerprint of a run's configuration.
+    Fingerprint of a run's configuration: a hash of the values that differ from the defaults
+    (``get_cfg()``), once the file and the overrides are applied. Overrides that restate a value
+    do not change it, and neither does a new config key added with its default to the project.
 
     Args:
         config_file: the base config file.
         opts: command-line overrides.
 
     Returns:
-        12 hex digits hashing the resolved config (``OUTPUT_DIR`` excluded).
+        12 hex digits (``OUTPUT_DIR`` is not part of the configuration).
     """
+    defaults = _flatten(get_cfg())
     cfg = get_cfg()
     cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
-    cfg.OUTPUT_DIR = ""
-    return hashlib.sha1(cfg.dump().encode()).hexdigest()[:12]
+    cfg.OUTPUT_DIR = defaults["OUTPUT_DIR"]
+    changed = {k: v for k, v in _flatten(cfg).items() if k not in defaults or defaults[k] != v}
+    encoded = json.dumps(sorted(changed.items()), default=repr)
+    return hashlib.sha1(encoded.encode()).hexdigest()[:12]
 
 
 def plan_runs(
