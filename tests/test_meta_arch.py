@@ -236,7 +236,7 @@ def _gt(batch):
     return [x["instances"] for x in batch]
 
 
-def test_num_pos_normalizer_divides_by_positive_anchor_count():
+def test_num_pos_normalizer_divides_by_positive_anchor_count(monkeypatch):
     _, ema_model = build_pair()
     cfg = our_cfg()
     cfg.MODEL.RETINANET_FL.LOSS_NORMALIZER = "num_pos"
@@ -258,6 +258,17 @@ def test_num_pos_normalizer_divides_by_positive_anchor_count():
         )
     # The num_pos normalizer leaves the moving average alone.
     assert num_pos_model.loss_normalizer_ema.item() == 100.0
+
+    # With two workers, each divides by the mean count, so that DDP's gradient averaging gives
+    # the batch's summed loss over the batch's positive count; at least 1.
+    def all_reduce_with_other_worker(tensor):
+        tensor += 10.0  # the other worker's positives
+
+    monkeypatch.setattr(meta_arch_module.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(meta_arch_module.dist, "all_reduce", all_reduce_with_other_worker)
+    assert num_pos_model._loss_normalizer(4) == 7.0
+    monkeypatch.setattr(meta_arch_module.dist, "all_reduce", lambda tensor: None)
+    assert num_pos_model._loss_normalizer(0) == 1.0
 
 
 @pytest.mark.parametrize("normalizer", ["ema", "num_pos"])
