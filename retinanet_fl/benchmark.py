@@ -200,7 +200,6 @@ def loss_step(method: str, alpha: float, gamma: float) -> Callable[[Tensor, Tens
 
 def benchmark_losses(args: argparse.Namespace) -> Dict[str, object]:
     device = torch.device(args.device)
-    memory = PeakMemory(device)
     results = {
         "benchmark": "losses",
         "machine": machine_info(device),
@@ -215,42 +214,48 @@ def benchmark_losses(args: argparse.Namespace) -> Dict[str, object]:
         },
         "sizes": [],
     }
+    steps = {method: loss_step(method, args.alpha, args.gamma) for method in args.methods}
+    # Timings first: the memory measurement changes how glibc allocates, which would slow down
+    # every method that allocates large temporaries.
     for size_index, num_anchors in enumerate(args.sizes):
         logits, labels = make_loss_inputs(num_anchors, args.num_classes, device, args.seed)
-        rk_bytes = logits.numel() * 4
-        steps, first_call_s, gradient_l1 = {}, {}, {}
-        for method in args.methods:
-            step = loss_step(method, args.alpha, args.gamma)
+        first_call_s, gradient_l1 = {}, {}
+        for method, step in steps.items():
             start = time.perf_counter()
             gradient = step(logits, labels)  # warm-up; compiles the fused kernel
             _synchronize(device)
             first_call_s[method] = time.perf_counter() - start
             gradient_l1[method] = gradient.double().abs().sum().item()
             del gradient
-            steps[method] = (lambda step=step: step(logits, labels))
-        times = time_interleaved(steps, args.repeats, device, seed=args.seed + size_index)
-        peaks = {method: memory.measure(steps[method]) for method in args.methods}
-        medians = {method: statistics.median(times[method]) for method in args.methods}
+        calls = {method: (lambda step=step: step(logits, labels)) for method, step in steps.items()}
+        times = time_interleaved(calls, args.repeats, device, seed=args.seed + size_index)
+        medians = {method: statistics.median(times[method]) for method in steps}
         reference = "fvcore_jit" if "fvcore_jit" in medians else args.methods[0]
-        entry = {
-            "num_anchors": num_anchors,
-            "num_classes": args.num_classes,
-            "rk_fp32_bytes": rk_bytes,
-            "first_call_s": first_call_s,
-            "times_s": times,
-            "median_s": medians,
-            "speedup_vs_" + reference: {m: medians[reference] / medians[m] for m in medians},
-            "peak_extra_bytes": peaks,
-            "peak_extra_in_rk_fp32": {
-                m: (None if peaks[m] is None else peaks[m] / rk_bytes) for m in peaks
-            },
-            # The same gradient from every method: the sum of its magnitudes.
-            "gradient_l1": gradient_l1,
+        results["sizes"].append(
+            {
+                "num_anchors": num_anchors,
+                "num_classes": args.num_classes,
+                "rk_fp32_bytes": logits.numel() * 4,
+                "first_call_s": first_call_s,
+                "times_s": times,
+                "median_s": medians,
+                "speedup_vs_" + reference: {m: medians[reference] / medians[m] for m in medians},
+                # The same gradient from every method: the sum of its magnitudes.
+                "gradient_l1": gradient_l1,
+            }
+        )
+        print(f"R = {num_anchors}: " + ", ".join(f"{m} {medians[m] * 1e3:.1f} ms" for m in medians))
+        del logits, labels, calls
+    memory = PeakMemory(device)
+    for entry in results["sizes"]:
+        logits, labels = make_loss_inputs(entry["num_anchors"], args.num_classes, device, args.seed)
+        peaks = {method: memory.measure(lambda: step(logits, labels)) for method, step in steps.items()}
+        entry["peak_extra_bytes"] = peaks
+        entry["peak_extra_in_rk_fp32"] = {
+            m: (None if peaks[m] is None else peaks[m] / entry["rk_fp32_bytes"]) for m in peaks
         }
         entry["targets"] = _loss_targets(entry)
-        results["sizes"].append(entry)
-        print(f"R = {num_anchors}: " + ", ".join(f"{m} {medians[m] * 1e3:.1f} ms" for m in medians))
-        del logits, labels, steps
+        del logits, labels
     if hasattr(os, "getloadavg"):
         results["machine"]["load_average_at_end"] = os.getloadavg()
     return results

@@ -172,6 +172,38 @@ _TERMS = {
 }
 
 
+def _sigmoid_pair_softplus(z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    sigmoid(z), sigmoid(-z) and softplus(z) from one exp and one log1p (separately, each costs its
+    own exp): the compiled kernel is bound by these transcendentals.
+    """
+    e = torch.exp(-z.abs())
+    inverse = 1 / (1 + e)
+    nonnegative = z >= 0
+    return (
+        torch.where(nonnegative, inverse, e * inverse),
+        torch.where(nonnegative, e * inverse, inverse),
+        torch.relu(z) + torch.log1p(e),
+    )
+
+
+def _focal_term_fused(x_t: Tensor, gamma: float) -> Tensor:
+    one_minus_p_t, _, minus_log_p_t = _sigmoid_pair_softplus(-x_t)
+    return one_minus_p_t.pow(gamma) * minus_log_p_t
+
+
+def _focal_term_grad_fused(x_t: Tensor, gamma: float) -> Tensor:
+    one_minus_p_t, p_t, minus_log_p_t = _sigmoid_pair_softplus(-x_t)
+    return -one_minus_p_t.pow(gamma) * (gamma * p_t * minus_log_p_t + one_minus_p_t)
+
+
+# The same terms, written for the compiler.
+_FUSED_TERMS = {
+    "focal": (_focal_term_fused, _focal_term_grad_fused),
+    "focal_star": (_star_term, _star_term_grad),
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Float targets (any value in [0, 1], as fvcore and torchvision accept).
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +286,7 @@ def _labels_forward_fused(
     x = _upcast(logits)
     is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
     alpha_pos, alpha_neg = _alpha_pos_neg(alpha)
-    loss = _TERMS[kind][0](torch.where(is_pos, x, -x), *params)
+    loss = _FUSED_TERMS[kind][0](torch.where(is_pos, x, -x), *params)
     loss = loss * torch.where(is_pos, alpha_pos, alpha_neg)
     loss = torch.where((labels >= 0)[:, None], loss, 0.0)
     return loss.sum() if reduce else loss
@@ -272,7 +304,7 @@ def _labels_backward_fused(
     is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
     alpha_pos, alpha_neg = _alpha_pos_neg(alpha)
     # d/dx = y_s α_t d/dx_t with y_s = +1 for positives, -1 for negatives.
-    grad = _TERMS[kind][1](torch.where(is_pos, x, -x), *params)
+    grad = _FUSED_TERMS[kind][1](torch.where(is_pos, x, -x), *params)
     grad = grad * torch.where(is_pos, alpha_pos, -alpha_neg) * grad_out
     return torch.where((labels >= 0)[:, None], grad, 0.0).to(logits.dtype)
 

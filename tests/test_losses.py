@@ -259,6 +259,23 @@ def test_half_precision_matches_fp32():
     assert grad.dtype == torch.float16
 
 
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_fused_formulas_equal_eager_ones(gamma):
+    # The compiled kernel's source, run uncompiled in float64 (the compile itself is tested below).
+    logits = random_logits(40, NUM_CLASSES)
+    logits[0, :4] = torch.tensor([1e4, -1e4, 30.0, -30.0], dtype=torch.float64)
+    labels = random_labels(40)
+    upstream = torch.tensor(0.7, dtype=torch.float64)
+    for kind, params in (("focal", (gamma,)), ("focal_star", (gamma + 0.5, 1.0))):
+        for reduce in (True, False):
+            fused = losses._labels_forward_fused(logits, labels, kind, params, 0.25, reduce)
+            eager = losses._labels_forward_eager(logits, labels, kind, params, 0.25, reduce)
+            torch.testing.assert_close(fused, eager, rtol=1e-12, atol=0)
+        fused = losses._labels_backward_fused(logits, labels, upstream, kind, params, 0.25)
+        eager = losses._labels_backward_eager(logits, labels, upstream, kind, params, 0.25)
+        torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-300)
+
+
 def test_compiled_kernel_equals_eager():
     # The suite's only compile: one small fused forward and backward of the detector's path.
     logits = random_logits(300, NUM_CLASSES, dtype=torch.float32)
