@@ -11,6 +11,8 @@ Without CUDA, ``--num-gpus N`` runs N worker processes on the CPU with gloo.
 """
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import retinanet_fl  # noqa: F401  registers our model, anchors, head, losses and datasets
 from retinanet_fl.config import load_config
@@ -21,6 +23,8 @@ def setup(args):
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # Our modules log what the data checks dropped and what the config validation warns about.
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_fl")
     return cfg
 
 

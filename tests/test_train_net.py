@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -105,3 +106,28 @@ def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
     two = torch.load(tmp_path / "two" / "model_final.pth", weights_only=True)["model"]
     for name, tensor in single.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_resume_after_sigkill_while_saving_finishes_the_schedule(trained_run, datasets_root, tmp_path):
+    # Kill the run right after it announces its second checkpoint, i.e. while that file is being written.
+    env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1")
+    command = [sys.executable, TRAIN_NET, "--config-file", CONFIG, *TINY_OPTS, "SOLVER.CHECKPOINT_PERIOD", "5",
+               "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    saves = 0
+    for line in process.stdout:
+        if "Saving checkpoint to" in line:
+            saves += 1
+            if saves == 2:
+                process.send_signal(signal.SIGKILL)
+                break
+    process.wait(timeout=600)
+    assert process.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / (tmp_path / "last_checkpoint").read_text(), weights_only=True)["iteration"] in (4, 9)
+
+    output = run_train_net(datasets_root, tmp_path, "--resume", opts=["DATASETS.TEST", "()"])
+    assert re.search(r"Starting training from iteration (5|10)\b", output)
+    resumed_last = read_metrics(tmp_path)[-1]
+    original = {row["iteration"]: row for row in read_metrics(trained_run[0]) if "lr" in row}
+    assert resumed_last["iteration"] == 39
+    assert resumed_last["lr"] == pytest.approx(original[39]["lr"], rel=1e-9)
