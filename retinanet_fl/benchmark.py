@@ -66,18 +66,18 @@ class PeakMemory:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.libc = None
         self.available = device.type == "cuda" or self._setup_cpu()
 
-    @staticmethod
-    def _setup_cpu() -> bool:
+    def _setup_cpu(self) -> bool:
         if not (sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)):
             return False
         try:
-            libc = ctypes.CDLL("libc.so.6")
+            self.libc = ctypes.CDLL("libc.so.6")
         except OSError:
             return False
         m_mmap_threshold = -3
-        return bool(libc.mallopt(m_mmap_threshold, 64 * 1024))
+        return bool(self.libc.mallopt(m_mmap_threshold, 64 * 1024))
 
     @staticmethod
     def _status_bytes(key: str) -> int:
@@ -98,6 +98,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device) - before
         else:
+            # Hand the heap's free pages back, so that reusing them shows up as new memory.
+            self.libc.malloc_trim(0)
             before = self._status_bytes("VmRSS")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident set

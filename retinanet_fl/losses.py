@@ -3,19 +3,22 @@ Functional classification losses of the paper (§3, appendix A and B): the focal
 α-balanced cross entropy, for float targets (a drop-in for fvcore's and torchvision's
 ``sigmoid_focal_loss``) and for integer class labels (the detector's path, no one-hot tensor).
 
-Every loss is a ``torch.autograd.Function`` with the closed-form gradient of appendix B: it saves
-only its inputs, so autograd keeps no ``(R, K)`` intermediates. Both directions are written with
-softplus / sigmoid of the signed logit ``x_t`` (never ``log(sigmoid(x))``), which keeps values and
-gradients finite for logits up to ±1e4 and any γ ≥ 0, including γ < 1 at p_t → 1.
+Every loss is a ``torch.autograd.Function`` with the closed-form gradient of appendix B, so
+autograd keeps no ``(R, K)`` intermediates. Both directions are written with softplus / sigmoid of
+the signed logit ``x_t`` (never ``log(sigmoid(x))``), which keeps values and gradients finite for
+logits up to ±1e4 and any γ ≥ 0, including γ < 1 at p_t → 1.
 
 Two kernels compute the same formulas:
 
-* ``"compiled"``: ``torch.compile`` turns each direction into one fused loop (C++ on CPU, Triton on
-  GPU). It compiles once per process and per setting (dtype, K, γ, α, reduction; the number of
-  anchors is a symbolic size); where compilation
-  is impossible (no C++ compiler, an unsupported device) the eager kernel is used instead, with one
-  warning.
-* ``"eager"``: the closed form as ordinary tensor operations, no compile step.
+* ``"compiled"``: ``torch.compile`` turns the loss into one fused loop (C++ on CPU, Triton on GPU)
+  that, when the logits require grad, also writes the gradient: the exp and log are evaluated
+  once for both, and the gradient (one (R, K) fp32 tensor, which backward would allocate anyway)
+  is kept until backward instead of the inputs being read again. It compiles once per process
+  and per setting (dtype, K, γ, α, reduction; the number of anchors is a symbolic size); where
+  compilation is impossible (no C++ compiler, an unsupported device) the eager kernel is used
+  instead, with one warning.
+* ``"eager"``: the closed form as ordinary tensor operations, no compile step; it saves only its
+  inputs and computes the gradient in backward.
 
 ``kernel=None`` picks the value of the environment variable ``RETINANET_FL_LOSS_KERNEL``, else
 ``"compiled"``.
@@ -187,21 +190,24 @@ def _sigmoid_pair_softplus(z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     )
 
 
-def _focal_term_fused(x_t: Tensor, gamma: float) -> Tensor:
-    one_minus_p_t, _, minus_log_p_t = _sigmoid_pair_softplus(-x_t)
-    return one_minus_p_t.pow(gamma) * minus_log_p_t
-
-
-def _focal_term_grad_fused(x_t: Tensor, gamma: float) -> Tensor:
+def _focal_fused(x_t: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
+    """The focal term and its derivative w.r.t. x_t, sharing their transcendentals."""
     one_minus_p_t, p_t, minus_log_p_t = _sigmoid_pair_softplus(-x_t)
-    return -one_minus_p_t.pow(gamma) * (gamma * p_t * minus_log_p_t + one_minus_p_t)
+    modulator = one_minus_p_t.pow(gamma)
+    return (
+        modulator * minus_log_p_t,
+        -modulator * (gamma * p_t * minus_log_p_t + one_minus_p_t),
+    )
 
 
-# The same terms, written for the compiler.
-_FUSED_TERMS = {
-    "focal": (_focal_term_fused, _focal_term_grad_fused),
-    "focal_star": (_star_term, _star_term_grad),
-}
+def _star_fused(x_t: Tensor, gamma: float, beta: float) -> Tuple[Tensor, Tensor]:
+    """The FL* term and its derivative w.r.t. x_t, sharing their transcendentals."""
+    one_minus_p_star_t, _, minus_log_p_star_t = _sigmoid_pair_softplus(-(gamma * x_t + beta))
+    return minus_log_p_star_t / gamma, -one_minus_p_star_t
+
+
+# The same terms as _TERMS, written for the compiler.
+_FUSED_TERMS = {"focal": _focal_fused, "focal_star": _star_fused}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +263,16 @@ def _targets_forward(
     return loss.sum() if reduce else loss
 
 
+def _targets_grad(
+    logits: Tensor, targets: Tensor, kind: str, params: Tuple[float, ...], alpha: float
+) -> Tensor:
+    """d(summed loss)/d logits, fp32."""
+    x = _upcast(logits)
+    t = targets.to(x.dtype)
+    grad = _SOFT_TERMS[kind][1](x, t, *params)
+    return grad * _alpha_t(t, alpha) if alpha >= 0 else grad
+
+
 def _targets_backward(
     logits: Tensor,
     targets: Tensor,
@@ -265,48 +281,53 @@ def _targets_backward(
     params: Tuple[float, ...],
     alpha: float,
 ) -> Tensor:
-    x = _upcast(logits)
-    t = targets.to(x.dtype)
-    grad = _SOFT_TERMS[kind][1](x, t, *params) * grad_out
-    if alpha >= 0:
-        grad = grad * _alpha_t(t, alpha)
-    return grad.to(logits.dtype)
+    return (_targets_grad(logits, targets, kind, params, alpha) * grad_out).to(logits.dtype)
+
+
+def _targets_fused(
+    logits: Tensor,
+    targets: Tensor,
+    kind: str,
+    params: Tuple[float, ...],
+    alpha: float,
+    reduce: bool,
+    with_grad: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The compiled kernel: the loss and, if ``with_grad``, d(summed loss)/d logits in one pass."""
+    loss = _targets_forward(logits, targets, kind, params, alpha, reduce)
+    if not with_grad:
+        return loss, None
+    return loss, _targets_grad(logits, targets, kind, params, alpha)
 
 
 # ---------------------------------------------------------------------------------------------
 # Integer labels: (R,) with K = background and -1 = ignored.
 # ---------------------------------------------------------------------------------------------
-def _labels_forward_fused(
-    logits: Tensor, labels: Tensor, kind: str, params: Tuple[float, ...], alpha: float, reduce: bool
-) -> Tensor:
-    """
-    The compiled kernel's forward. The (R, K) comparison is a broadcast that inductor fuses into
-    the loop, so it is never materialized.
-    """
-    x = _upcast(logits)
-    is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
-    alpha_pos, alpha_neg = _alpha_pos_neg(alpha)
-    loss = _FUSED_TERMS[kind][0](torch.where(is_pos, x, -x), *params)
-    loss = loss * torch.where(is_pos, alpha_pos, alpha_neg)
-    loss = torch.where((labels >= 0)[:, None], loss, 0.0)
-    return loss.sum() if reduce else loss
-
-
-def _labels_backward_fused(
+def _labels_fused(
     logits: Tensor,
     labels: Tensor,
-    grad_out: Tensor,
     kind: str,
     params: Tuple[float, ...],
     alpha: float,
-) -> Tensor:
+    reduce: bool,
+    with_grad: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """
+    The compiled kernel: the loss and, if ``with_grad``, d(summed loss)/d logits (fp32) in one
+    pass. The (R, K) comparison with the labels is a broadcast that inductor fuses into the loop,
+    so it is never materialized.
+    """
     x = _upcast(logits)
     is_pos = labels[:, None] == torch.arange(x.shape[1], device=x.device)
+    valid = (labels >= 0)[:, None]
     alpha_pos, alpha_neg = _alpha_pos_neg(alpha)
+    value, value_grad = _FUSED_TERMS[kind](torch.where(is_pos, x, -x), *params)
+    loss = torch.where(valid, value * torch.where(is_pos, alpha_pos, alpha_neg), 0.0)
+    loss = loss.sum() if reduce else loss
+    if not with_grad:
+        return loss, None
     # d/dx = y_s α_t d/dx_t with y_s = +1 for positives, -1 for negatives.
-    grad = _FUSED_TERMS[kind][1](torch.where(is_pos, x, -x), *params)
-    grad = grad * torch.where(is_pos, alpha_pos, -alpha_neg) * grad_out
-    return torch.where((labels >= 0)[:, None], grad, 0.0).to(logits.dtype)
+    return loss, torch.where(valid, value_grad * torch.where(is_pos, alpha_pos, -alpha_neg), 0.0)
 
 
 def _positives(labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
@@ -390,79 +411,87 @@ def _rows_dynamic(tensor: Tensor) -> Tensor:
     return view
 
 
-def _run(kernel: str, eager_fn: Callable, fused_fn: Callable, *args) -> Tensor:
-    """Call ``fused_fn`` compiled, or ``eager_fn``; ``args`` start with the tensor arguments."""
-    tensors = [arg for arg in args if isinstance(arg, Tensor)]
-    device_type = tensors[0].device.type
-    if kernel == "compiled" and device_type not in _COMPILE_FAILED_DEVICES:
-        try:
-            return _compiled(fused_fn)(
-                *[_rows_dynamic(arg) if isinstance(arg, Tensor) else arg for arg in args]
-            )
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # inputs were validated before: this is a compile failure
-            _COMPILE_FAILED_DEVICES.add(device_type)
-            logger.warning(
-                "torch.compile of the loss kernel failed on %s (%s: %s); using the eager closed "
-                "form instead.",
-                device_type,
-                type(e).__name__,
-                str(e).splitlines()[0] if str(e) else "",
-            )
-    return eager_fn(*args)
-
-
-class _LabelsLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, kind, params, alpha, reduction, kernel):
-        ctx.save_for_backward(logits, labels)
-        ctx.settings = (kind, params, alpha, reduction, kernel)
-        loss = _run(
-            kernel, _labels_forward_eager, _labels_forward_fused,
-            logits, labels, kind, params, alpha, reduction != "none",
+def _try_compiled(fn: Callable, *args) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    """
+    ``fn(*args)`` compiled; None where compilation is unavailable on the device of the first
+    tensor argument (warned once per device type, then the eager kernel is used).
+    """
+    device_type = next(arg for arg in args if isinstance(arg, Tensor)).device.type
+    if device_type in _COMPILE_FAILED_DEVICES:
+        return None
+    try:
+        return _compiled(fn)(*[_rows_dynamic(a) if isinstance(a, Tensor) else a for a in args])
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # inputs were validated before: this is a compile failure
+        _COMPILE_FAILED_DEVICES.add(device_type)
+        logger.warning(
+            "torch.compile of the loss kernel failed on %s (%s: %s); using the eager closed form "
+            "instead.",
+            device_type,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
         )
-        if reduction == "mean":
-            loss = loss / (labels >= 0).sum().mul(logits.shape[1])
-        return loss
+        return None
+
+
+def _labels_mean_divisor(logits: Tensor, labels: Tensor) -> Tensor:
+    return (labels >= 0).sum() * logits.shape[1]
+
+
+def _targets_mean_divisor(logits: Tensor, targets: Tensor) -> int:
+    return logits.numel()
+
+
+# For labels and for float targets: eager forward, eager backward, fused kernel, "mean" divisor.
+_PATHS = {
+    "labels": (_labels_forward_eager, _labels_backward_eager, _labels_fused, _labels_mean_divisor),
+    "targets": (_targets_forward, _targets_backward, _targets_fused, _targets_mean_divisor),
+}
+
+
+class _ClosedFormLoss(torch.autograd.Function):
+    """
+    The loss with the closed-form gradient of appendix B. It saves its inputs only, except that
+    the compiled kernel computes the gradient in the same pass as the loss (the exp and log are
+    then evaluated once instead of twice) and keeps it until backward: one (R, K) fp32 tensor,
+    the one backward would allocate anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, path, kind, params, alpha, reduction, kernel):
+        ctx.save_for_backward(logits, target)
+        ctx.settings = (path, kind, params, alpha, reduction, kernel)
+        eager_forward, _, fused, mean_divisor = _PATHS[path]
+        reduce = reduction != "none"
+        result = None
+        if kernel == "compiled":
+            with_grad = ctx.needs_input_grad[0]
+            result = _try_compiled(fused, logits, target, kind, params, alpha, reduce, with_grad)
+        if result is None:
+            loss, ctx.precomputed_grad = eager_forward(logits, target, kind, params, alpha, reduce), None
+        else:
+            loss, ctx.precomputed_grad = result
+        return loss / mean_divisor(logits, target) if reduction == "mean" else loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        logits, labels = ctx.saved_tensors
-        kind, params, alpha, reduction, kernel = ctx.settings
+        logits, target = ctx.saved_tensors
+        path, kind, params, alpha, reduction, kernel = ctx.settings
+        _, eager_backward, fused, mean_divisor = _PATHS[path]
         if reduction == "mean":
-            grad_out = grad_out / (labels >= 0).sum().mul(logits.shape[1])
-        grad = _run(
-            kernel, _labels_backward_eager, _labels_backward_fused,
-            logits, labels, grad_out, kind, params, alpha,
-        )
-        return grad, None, None, None, None, None, None
-
-
-class _TargetsLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, targets, kind, params, alpha, reduction, kernel):
-        ctx.save_for_backward(logits, targets)
-        ctx.settings = (kind, params, alpha, reduction, kernel)
-        loss = _run(
-            kernel, _targets_forward, _targets_forward,
-            logits, targets, kind, params, alpha, reduction != "none",
-        )
-        return loss / logits.numel() if reduction == "mean" else loss
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        logits, targets = ctx.saved_tensors
-        kind, params, alpha, reduction, kernel = ctx.settings
-        if reduction == "mean":
-            grad_out = grad_out / logits.numel()
-        grad = _run(
-            kernel, _targets_backward, _targets_backward,
-            logits, targets, grad_out, kind, params, alpha,
-        )
-        return grad, None, None, None, None, None, None
+            grad_out = grad_out / mean_divisor(logits, target)
+        # Used once and released; a second backward (retain_graph=True) computes it again.
+        grad, ctx.precomputed_grad = ctx.precomputed_grad, None
+        if grad is None and kernel == "compiled":
+            result = _try_compiled(fused, logits, target, kind, params, alpha, reduction != "none", True)
+            grad = None if result is None else result[1]
+        if grad is None:
+            grad = eager_backward(logits, target, grad_out, kind, params, alpha)
+        else:
+            grad = grad.mul_(grad_out).to(logits.dtype)
+        return grad, None, None, None, None, None, None, None
 
 
 def _targets_loss(logits, targets, kind, params, alpha, reduction, kernel) -> Tensor:
@@ -478,14 +507,14 @@ def _targets_loss(logits, targets, kind, params, alpha, reduction, kernel) -> Te
         # formula instead (it keeps its intermediates).
         loss = _targets_forward(logits, targets, kind, params, alpha, reduction != "none")
         return loss / logits.numel() if reduction == "mean" else loss
-    return _TargetsLoss.apply(logits, targets, kind, params, alpha, reduction, kernel)
+    return _ClosedFormLoss.apply(logits, targets, "targets", kind, params, alpha, reduction, kernel)
 
 
 def _labels_loss(logits, labels, kind, params, alpha, reduction, kernel) -> Tensor:
     _check_labels(logits, labels)
     _check_reduction(reduction)
     kernel = default_kernel() if kernel is None else check_kernel(kernel)
-    return _LabelsLoss.apply(logits, labels, kind, params, alpha, reduction, kernel)
+    return _ClosedFormLoss.apply(logits, labels, "labels", kind, params, alpha, reduction, kernel)
 
 
 # ---------------------------------------------------------------------------------------------

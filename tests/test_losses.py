@@ -265,15 +265,46 @@ def test_fused_formulas_equal_eager_ones(gamma):
     logits = random_logits(40, NUM_CLASSES)
     logits[0, :4] = torch.tensor([1e4, -1e4, 30.0, -30.0], dtype=torch.float64)
     labels = random_labels(40)
-    upstream = torch.tensor(0.7, dtype=torch.float64)
-    for kind, params in (("focal", (gamma,)), ("focal_star", (gamma + 0.5, 1.0))):
+    targets = one_hot(labels, NUM_CLASSES)
+    one = torch.ones((), dtype=torch.float64)
+    cases = (("labels", labels), ("targets", targets))
+    for (path, target), (kind, params) in itertools.product(
+        cases, (("focal", (gamma,)), ("focal_star", (gamma + 0.5, 1.0)))
+    ):
+        eager_forward, eager_backward, fused, _ = losses._PATHS[path]
         for reduce in (True, False):
-            fused = losses._labels_forward_fused(logits, labels, kind, params, 0.25, reduce)
-            eager = losses._labels_forward_eager(logits, labels, kind, params, 0.25, reduce)
-            torch.testing.assert_close(fused, eager, rtol=1e-12, atol=0)
-        fused = losses._labels_backward_fused(logits, labels, upstream, kind, params, 0.25)
-        eager = losses._labels_backward_eager(logits, labels, upstream, kind, params, 0.25)
-        torch.testing.assert_close(fused, eager, rtol=1e-12, atol=1e-300)
+            value, grad = fused(logits, target, kind, params, 0.25, reduce, True)
+            expected = eager_forward(logits, target, kind, params, 0.25, reduce)
+            torch.testing.assert_close(value, expected, rtol=1e-10, atol=0)
+            expected = eager_backward(logits, target, one, kind, params, 0.25)
+            torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-300)
+            assert fused(logits, target, kind, params, 0.25, reduce, False)[1] is None
+
+
+def test_compiled_path_autograd_logic(monkeypatch):
+    # The compiled kernel's autograd bookkeeping (gradient from the forward pass, used once),
+    # with the compiler replaced by plain calls so that nothing compiles.
+    monkeypatch.setattr(losses, "_compiled", lambda fn: fn)
+    logits = random_logits(30, NUM_CLASSES, dtype=torch.float32)
+    labels = random_labels(30)
+    for reduction in REDUCTIONS:
+        fused = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="compiled")
+        eager = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="eager")
+        torch.testing.assert_close(fused[0], eager[0], rtol=1e-6, atol=0)
+        torch.testing.assert_close(fused[1], eager[1], rtol=1e-6, atol=1e-9)
+    # A second backward through the same graph recomputes the released gradient.
+    x = logits.clone().requires_grad_()
+    loss = sigmoid_focal_loss_from_labels(x, labels, kernel="compiled")
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x, torch.tensor(2.0))
+    torch.testing.assert_close(second, 2 * first)
+    # Without grad, only the loss.
+    with torch.no_grad():
+        assert sigmoid_focal_loss_from_labels(x, labels, kernel="compiled") == loss.detach()
+    # Half-precision logits: the gradient comes back in their dtype.
+    half = logits.half().requires_grad_()
+    (grad,) = torch.autograd.grad(sigmoid_focal_loss(half, one_hot(labels, NUM_CLASSES, torch.float16), reduction="sum", kernel="compiled"), half)
+    assert grad.dtype == torch.float16 and torch.isfinite(grad).all()
 
 
 def test_compiled_kernel_equals_eager():
