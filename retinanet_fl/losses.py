@@ -69,12 +69,14 @@ def default_kernel() -> str:
 
 
 def check_kernel(kernel: str, name: str = "kernel") -> str:
+    """Returns ``kernel`` if it is one of KERNELS, else raises an error naming ``name``."""
     if kernel not in KERNELS:
         raise ValueError(f"{name} must be one of {KERNELS}, got {kernel!r}.")
     return kernel
 
 
 def check_gamma(gamma: float, name: str = "gamma") -> float:
+    """The focal loss γ: finite and >= 0."""
     if not (math.isfinite(gamma) and gamma >= 0):
         raise ValueError(
             f"{name} must be a finite number >= 0 (0 gives alpha-balanced cross entropy), "
@@ -84,6 +86,7 @@ def check_gamma(gamma: float, name: str = "gamma") -> float:
 
 
 def check_alpha(alpha: float, name: str = "alpha") -> float:
+    """α: in [0, 1], or negative for no α weighting."""
     if not (math.isfinite(alpha) and alpha <= 1):
         raise ValueError(
             f"{name} must be in [0, 1], or negative to turn the alpha weighting off, got {alpha}."
@@ -92,12 +95,14 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
 
 
 def check_star_gamma(gamma: float, name: str = "gamma") -> float:
+    """The FL* γ: finite and > 0."""
     if not (math.isfinite(gamma) and gamma > 0):
         raise ValueError(f"{name} of FL* must be a finite number > 0 (FL* divides by it), got {gamma}.")
     return float(gamma)
 
 
 def check_beta(beta: float, name: str = "beta") -> float:
+    """The FL* β: finite."""
     if not math.isfinite(beta):
         raise ValueError(f"{name} of FL* must be a finite number, got {beta}.")
     return float(beta)
