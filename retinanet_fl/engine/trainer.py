@@ -14,6 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
 from .checkpoint import AtomicCheckpointer
+from .checks import check_losses_finite, check_model_config, check_num_classes, warn_unread_anchor_sizes
 from .launch import create_ddp_model
 
 DATASETS_HELP = (
@@ -35,6 +36,24 @@ def explain_missing_dataset(dataset_names: Sequence[str]) -> Iterator[None]:
         ) from error
 
 
+class _FiniteLossMixin:
+    """Stops training at the first NaN or infinite loss term, on every worker, naming it."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        # Detectron2 checks the sum of the terms, on the main process only, and prints the dict;
+        # this runs first, before the optimizer step, and names the term.
+        check_losses_finite(loss_dict, self.iter if iter is None else iter)
+        super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+
+class FiniteLossTrainer(_FiniteLossMixin, SimpleTrainer):
+    """SimpleTrainer that raises a FloatingPointError naming a non-finite loss term."""
+
+
+class FiniteLossAMPTrainer(_FiniteLossMixin, AMPTrainer):
+    """AMPTrainer that raises a FloatingPointError naming a non-finite loss term."""
+
+
 class Trainer(DefaultTrainer):
     """
     Detectron2's DefaultTrainer with:
@@ -42,7 +61,9 @@ class Trainer(DefaultTrainer):
     * COCOEvaluator for COCO-format datasets, Pascal VOC's evaluator for VOC datasets;
     * DistributedDataParallel that also works for a model on the CPU (gloo workers);
     * checkpoints written atomically, so a killed run always leaves a loadable latest checkpoint;
-    * missing datasets reported with where to put them.
+    * missing datasets reported with where to put them;
+    * config mistakes with Detectron2's keys caught when the model and the data are built
+      (see :mod:`retinanet_fl.engine.checks`), and a NaN or infinite loss named with its iteration.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -55,7 +76,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossTrainer
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -65,9 +86,22 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
+    def build_model(cls, cfg: CfgNode):
+        """
+        Detectron2's ``build_model``, after :func:`check_model_config` (so ``train_net.py
+        --eval-only`` checks the config too).
+        """
+        check_model_config(cfg)
+        model = super().build_model(cfg)
+        warn_unread_anchor_sizes(cfg, model)
+        return model
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         with explain_missing_dataset(cfg.DATASETS.TRAIN):
             loaded = [load_dataset_dicts(name) for name in cfg.DATASETS.TRAIN]
+        # Loading sets the thing_classes of COCO-json datasets that did not have them before.
+        check_num_classes(cfg, cfg.DATASETS.TRAIN)
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
         dataset = prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
@@ -77,6 +111,7 @@ class Trainer(DefaultTrainer):
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         with explain_missing_dataset([dataset_name]):
             loaded = [load_dataset_dicts(dataset_name)]
+        check_num_classes(cfg, [dataset_name])
         dataset = prepare_dataset_dicts(loaded, filter_empty=False)
         return build_detection_test_loader(
             dataset, mapper=RobustDatasetMapper(cfg, False), num_workers=cfg.DATALOADER.NUM_WORKERS

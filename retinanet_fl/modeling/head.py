@@ -33,6 +33,10 @@ The registered object is called with ``obj(cfg, input_shape)``.
 
 # Detectron2's per-level batch norm: one set of statistics per pyramid level, shared convs.
 _PER_LEVEL_BN = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
+# Values of MODEL.RETINANET.NORM: "" (none), per-level batch norm, or one of Detectron2's get_norm.
+NORMS = ("", *_PER_LEVEL_BN, "FrozenBN", "GN", "LN")
+# Detectron2's get_norm("GN") uses 32 groups.
+_GN_GROUPS = 32
 
 
 def prior_bias(prior_prob: float) -> float:
@@ -85,7 +89,7 @@ class RetinaNetFocalHead(nn.Module):
                 ablation); π is then unused.
         """
         super().__init__()
-        _validate_head_params(input_shape, num_classes, num_anchors, num_convs)
+        _validate_head_params(input_shape, num_classes, num_anchors, num_convs, norm)
         bias_value = prior_bias(prior_prob) if use_prior_init else 0.0
 
         channels = input_shape[0].channels
@@ -152,7 +156,7 @@ class RetinaNetFocalHead(nn.Module):
         return logits, box_deltas
 
 
-def _validate_head_params(input_shape, num_classes, num_anchors, num_convs):
+def _validate_head_params(input_shape, num_classes, num_anchors, num_convs, norm):
     if len(input_shape) == 0:
         raise ValueError("The head needs at least one input feature (MODEL.RETINANET.IN_FEATURES).")
     channels = {shape.channels for shape in input_shape}
@@ -170,10 +174,27 @@ def _validate_head_params(input_shape, num_classes, num_anchors, num_convs):
         raise ValueError(
             f"MODEL.RETINANET.NUM_CONVS must be >= 0 (4 in the paper), got {num_convs}."
         )
+    if norm not in NORMS:
+        raise ValueError(
+            f"MODEL.RETINANET.NORM must be one of {NORMS} ('' in the paper), got {norm!r}."
+        )
+    if norm == "GN" and num_convs > 0 and input_shape[0].channels % _GN_GROUPS:
+        raise ValueError(
+            f"MODEL.RETINANET.NORM 'GN' uses {_GN_GROUPS} groups, so the feature channels "
+            f"(MODEL.FPN.OUT_CHANNELS) must be a multiple of {_GN_GROUPS}, got "
+            f"{input_shape[0].channels}."
+        )
 
 
 def build_retinanet_fl_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
     """
     Build the head named by ``cfg.MODEL.RETINANET_FL.HEAD_NAME``.
     """
-    return RETINANET_FL_HEAD_REGISTRY.get(cfg.MODEL.RETINANET_FL.HEAD_NAME)(cfg, input_shape)
+    name = cfg.MODEL.RETINANET_FL.HEAD_NAME
+    if name not in RETINANET_FL_HEAD_REGISTRY:
+        registered = sorted(key for key, _ in RETINANET_FL_HEAD_REGISTRY)
+        raise KeyError(
+            f"MODEL.RETINANET_FL.HEAD_NAME = {name!r} is not a registered head; choose one of "
+            f"{registered}, or register yours with @RETINANET_FL_HEAD_REGISTRY.register()."
+        )
+    return RETINANET_FL_HEAD_REGISTRY.get(name)(cfg, input_shape)

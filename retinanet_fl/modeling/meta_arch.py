@@ -3,8 +3,9 @@
 Training: backbone (ResNet-FPN, P3–P7) → head → anchors → anchor labelling (Detectron2's
 ``Matcher`` on IoU computed in chunks of anchors) → classification loss from ``CLS_LOSS_REGISTRY``
 (in fp32) + box loss (Detectron2's dense box-regression helper), both divided by the loss
-normalizer. Inference: per level, score threshold then top-k, decoding; class-wise NMS over all
-levels; the best ``max_detections_per_image``; rescaling to the requested output size.
+normalizer. Inference: per level, score threshold then top-k, decoding; boxes decoded to NaN or
+infinity dropped; class-wise NMS over all levels; the best ``max_detections_per_image``;
+rescaling to the requested output size.
 
 With ``LOSS_NORMALIZER "ema"``, ``ALLOW_LOW_QUALITY_MATCHES True`` and the focal loss, this model
 computes what Detectron2's ``RetinaNet`` computes (tests/test_meta_arch.py proves it), and its
@@ -13,6 +14,7 @@ checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see ``_CAFFE2
 """
 
 import copy
+import logging
 import math
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -29,6 +31,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor, nn
 
 from .cls_losses import build_cls_loss
@@ -206,7 +209,7 @@ class FocalLossRetinaNet(DenseDetector):
             "head": build_retinanet_fl_head(cfg, feature_shapes),
             "head_in_features": in_features,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
-            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "box2box_transform": build_box2box_transform(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
             "anchor_matcher": build_anchor_matcher(
                 cfg.MODEL.RETINANET.IOU_THRESHOLDS,
                 cfg.MODEL.RETINANET.IOU_LABELS,
@@ -384,7 +387,7 @@ class FocalLossRetinaNet(DenseDetector):
 
         Returns:
             at most ``max_detections_per_image`` detections, best first, with "pred_boxes",
-            "scores" and "pred_classes".
+            "scores" and "pred_classes"; boxes decoded to NaN or infinity are dropped.
         """
         # Per level: keep (anchor, class) pairs above the threshold, then the top-k of them.
         candidates = self._decode_multi_level_predictions(
@@ -395,6 +398,7 @@ class FocalLossRetinaNet(DenseDetector):
             self.test_topk_candidates,
             image_size,
         )
+        candidates = _drop_non_finite_boxes(candidates)
         keep = batched_nms(
             candidates.pred_boxes.tensor,
             candidates.scores,
@@ -482,6 +486,22 @@ def build_anchor_matcher(
     return Matcher(thresholds, labels, allow_low_quality_matches=bool(allow_low_quality_matches))
 
 
+def build_box2box_transform(weights: Sequence[float]) -> Box2BoxTransform:
+    """
+    Detectron2's ``Box2BoxTransform``, after checking the weights: decoding divides by them.
+
+    Args:
+        weights: (wx, wy, ww, wh), finite and > 0, e.g. [1.0, 1.0, 1.0, 1.0].
+    """
+    values = [float(w) for w in weights]
+    if len(values) != 4 or any(not (math.isfinite(w) and w > 0) for w in values):
+        raise ValueError(
+            f"MODEL.RETINANET.BBOX_REG_WEIGHTS must be 4 finite numbers > 0 (wx, wy, ww, wh; "
+            f"Detectron2's default: [1.0, 1.0, 1.0, 1.0]), got {list(weights)}."
+        )
+    return Box2BoxTransform(weights=tuple(values))
+
+
 def _validate_meta_arch_params(
     *,
     num_classes: int,
@@ -550,6 +570,24 @@ def _validate_meta_arch_params(
     for ok, key, value, allowed in checks:
         if not ok:
             raise ValueError(f"{key} must be {allowed}, got {value!r}.")
+
+
+def _drop_non_finite_boxes(candidates: Instances) -> Instances:
+    """
+    Remove the detections whose decoded box is not finite: they are no boxes, they would defeat the
+    NMS (a NaN overlaps nothing) and Detectron2's postprocessing asserts on them. Logged, since
+    non-finite predictions mean the weights or the input are broken.
+    """
+    finite = torch.isfinite(candidates.pred_boxes.tensor).all(dim=1)
+    if finite.all():
+        return candidates
+    log_every_n_seconds(
+        logging.WARNING,
+        f"Dropped {int((~finite).sum())} of {len(candidates)} candidate detections whose decoded "
+        "boxes are NaN or infinite: the model's predictions or its input are not finite.",
+        n=60,
+    )
+    return candidates[finite]
 
 
 def _mean_over_workers(value: float, device: torch.device) -> float:
