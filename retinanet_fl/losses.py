@@ -26,6 +26,7 @@ Two kernels compute the same formulas:
 All functions accept fp32 / fp16 / bf16 logits, compute in fp32 and return fp32 (fp64 logits are
 computed and returned in fp64); the gradient has the dtype of the logits.
 """
+
 import functools
 import logging
 import math
@@ -97,7 +98,9 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
 def check_star_gamma(gamma: float, name: str = "gamma") -> float:
     """The FL* γ: finite and > 0."""
     if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"{name} of FL* must be a finite number > 0 (FL* divides by it), got {gamma}.")
+        raise ValueError(
+            f"{name} of FL* must be a finite number > 0 (FL* divides by it), got {gamma}."
+        )
     return float(gamma)
 
 
@@ -257,7 +260,12 @@ def _alpha_t(t: Tensor, alpha: float) -> Tensor:
 
 
 def _targets_forward(
-    logits: Tensor, targets: Tensor, kind: str, params: Tuple[float, ...], alpha: float, reduce: bool
+    logits: Tensor,
+    targets: Tensor,
+    kind: str,
+    params: Tuple[float, ...],
+    alpha: float,
+    reduce: bool,
 ) -> Tensor:
     """Elementwise loss (R, ...) or its sum, fp32."""
     x = _upcast(logits)
@@ -474,7 +482,10 @@ class _ClosedFormLoss(torch.autograd.Function):
             with_grad = ctx.needs_input_grad[0]
             result = _try_compiled(fused, logits, target, kind, params, alpha, reduce, with_grad)
         if result is None:
-            loss, ctx.precomputed_grad = eager_forward(logits, target, kind, params, alpha, reduce), None
+            loss, ctx.precomputed_grad = (
+                eager_forward(logits, target, kind, params, alpha, reduce),
+                None,
+            )
         else:
             loss, ctx.precomputed_grad = result
         return loss / mean_divisor(logits, target) if reduction == "mean" else loss
@@ -490,7 +501,9 @@ class _ClosedFormLoss(torch.autograd.Function):
         # Used once and released; a second backward (retain_graph=True) computes it again.
         grad, ctx.precomputed_grad = ctx.precomputed_grad, None
         if grad is None and kernel == "compiled":
-            result = _try_compiled(fused, logits, target, kind, params, alpha, reduction != "none", True)
+            result = _try_compiled(
+                fused, logits, target, kind, params, alpha, reduction != "none", True
+            )
             grad = None if result is None else result[1]
         if grad is None:
             grad = eager_backward(logits, target, grad_out, kind, params, alpha)
@@ -504,7 +517,8 @@ def _targets_loss(logits, targets, kind, params, alpha, reduction, kernel) -> Te
     _check_reduction(reduction)
     if targets.shape != logits.shape:
         raise ValueError(
-            f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}."
+            f"targets must have the shape of logits {tuple(logits.shape)}, "
+            f"got {tuple(targets.shape)}."
         )
     kernel = default_kernel() if kernel is None else check_kernel(kernel)
     if targets.requires_grad:
@@ -606,7 +620,9 @@ def sigmoid_focal_loss_star(
         fp32 loss, of the shape of ``logits`` for "none", else a scalar.
     """
     params = (check_star_gamma(gamma), check_beta(beta))
-    return _targets_loss(logits, targets, "focal_star", params, check_alpha(alpha), reduction, kernel)
+    return _targets_loss(
+        logits, targets, "focal_star", params, check_alpha(alpha), reduction, kernel
+    )
 
 
 def sigmoid_focal_loss_star_from_labels(

@@ -1,4 +1,5 @@
 """CLS_LOSS_REGISTRY: building from the config, validation, and OHEM's selection."""
+
 import math
 
 import pytest
@@ -44,7 +45,9 @@ def batch(num_images: int = 2, num_anchors: int = 30, seed: int = 0):
     logits = torch.randn(num_images, num_anchors, NUM_CLASSES, generator=generator) * 2
     labels = torch.randint(-1, NUM_CLASSES + 1, (num_images, num_anchors), generator=generator)
     corners = torch.rand(num_anchors, 2, generator=generator) * 100
-    anchors = torch.cat([corners, corners + 8 + torch.rand(num_anchors, 2, generator=generator) * 20], 1)
+    anchors = torch.cat(
+        [corners, corners + 8 + torch.rand(num_anchors, 2, generator=generator) * 20], 1
+    )
     return logits, labels, anchors
 
 
@@ -53,12 +56,18 @@ def test_registry_holds_the_four_losses():
 
 
 def test_unknown_name_lists_registered_names():
-    with pytest.raises(KeyError, match=r"MODEL.RETINANET_FL.CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"MODEL.RETINANET_FL.CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem'\]",
+    ):
         build_cls_loss(config("focall"))
 
 
 def test_focal_from_config_equals_functional():
-    cfg = config("focal", **{"MODEL.RETINANET.FOCAL_LOSS_GAMMA": 1.5, "MODEL.RETINANET.FOCAL_LOSS_ALPHA": 0.5})
+    cfg = config(
+        "focal",
+        **{"MODEL.RETINANET.FOCAL_LOSS_GAMMA": 1.5, "MODEL.RETINANET.FOCAL_LOSS_ALPHA": 0.5},
+    )
     loss = build_cls_loss(cfg)
     assert type(loss) is FocalClsLoss and (loss.gamma, loss.alpha) == (1.5, 0.5)
     logits, labels, anchors = batch()
@@ -73,9 +82,15 @@ def test_focal_star_from_config_equals_functional():
         **{"MODEL.RETINANET_FL.FOCAL_STAR_GAMMA": 4.0, "MODEL.RETINANET_FL.FOCAL_STAR_BETA": 0.0},
     )
     loss = build_cls_loss(cfg)
-    assert type(loss) is FocalStarClsLoss and (loss.gamma, loss.beta, loss.alpha) == (4.0, 0.0, 0.25)
+    assert type(loss) is FocalStarClsLoss and (loss.gamma, loss.beta, loss.alpha) == (
+        4.0,
+        0.0,
+        0.25,
+    )
     logits, labels, anchors = batch()
-    expected = sigmoid_focal_loss_star_from_labels(logits.flatten(0, 1), labels.flatten(), 4.0, 0.0, 0.25)
+    expected = sigmoid_focal_loss_star_from_labels(
+        logits.flatten(0, 1), labels.flatten(), 4.0, 0.0, 0.25
+    )
     assert loss(logits, labels, anchors) == expected
 
 
@@ -105,16 +120,66 @@ def test_losses_accept_half_precision_logits():
 @pytest.mark.parametrize(
     "name, key, value, message",
     [
-        ("focal", "MODEL.RETINANET.FOCAL_LOSS_GAMMA", -0.5, "MODEL.RETINANET.FOCAL_LOSS_GAMMA must be a finite number >= 0.*-0.5"),
-        ("focal", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", 1.5, r"MODEL.RETINANET.FOCAL_LOSS_ALPHA must be in \[0, 1\].*1.5"),
-        ("ce", "MODEL.RETINANET.FOCAL_LOSS_ALPHA", float("nan"), "MODEL.RETINANET.FOCAL_LOSS_ALPHA"),
-        ("focal_star", "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA", 0.0, "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA.*> 0.*0.0"),
-        ("focal_star", "MODEL.RETINANET_FL.FOCAL_STAR_BETA", float("inf"), "MODEL.RETINANET_FL.FOCAL_STAR_BETA.*finite.*inf"),
-        ("ohem", "MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE", 0, "OHEM_BATCH_SIZE_PER_IMAGE must be an integer > 0, got 0"),
-        ("ohem", "MODEL.RETINANET_FL.OHEM_NMS_THRESH", 0.0, r"OHEM_NMS_THRESH must be in \(0, 1\], got 0.0"),
-        ("ohem", "MODEL.RETINANET_FL.OHEM_NMS_THRESH", 1.5, r"OHEM_NMS_THRESH must be in \(0, 1\], got 1.5"),
-        ("ohem", "MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO", -3.0, "OHEM_NEG_POS_RATIO must be a finite number >= 0.*-3.0"),
-        ("focal", "MODEL.RETINANET_FL.LOSS_KERNEL", "fast", "MODEL.RETINANET_FL.LOSS_KERNEL must be one of.*'fast'"),
+        (
+            "focal",
+            "MODEL.RETINANET.FOCAL_LOSS_GAMMA",
+            -0.5,
+            "MODEL.RETINANET.FOCAL_LOSS_GAMMA must be a finite number >= 0.*-0.5",
+        ),
+        (
+            "focal",
+            "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+            1.5,
+            r"MODEL.RETINANET.FOCAL_LOSS_ALPHA must be in \[0, 1\].*1.5",
+        ),
+        (
+            "ce",
+            "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+            float("nan"),
+            "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+        ),
+        (
+            "focal_star",
+            "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA",
+            0.0,
+            "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA.*> 0.*0.0",
+        ),
+        (
+            "focal_star",
+            "MODEL.RETINANET_FL.FOCAL_STAR_BETA",
+            float("inf"),
+            "MODEL.RETINANET_FL.FOCAL_STAR_BETA.*finite.*inf",
+        ),
+        (
+            "ohem",
+            "MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE",
+            0,
+            "OHEM_BATCH_SIZE_PER_IMAGE must be an integer > 0, got 0",
+        ),
+        (
+            "ohem",
+            "MODEL.RETINANET_FL.OHEM_NMS_THRESH",
+            0.0,
+            r"OHEM_NMS_THRESH must be in \(0, 1\], got 0.0",
+        ),
+        (
+            "ohem",
+            "MODEL.RETINANET_FL.OHEM_NMS_THRESH",
+            1.5,
+            r"OHEM_NMS_THRESH must be in \(0, 1\], got 1.5",
+        ),
+        (
+            "ohem",
+            "MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO",
+            -3.0,
+            "OHEM_NEG_POS_RATIO must be a finite number >= 0.*-3.0",
+        ),
+        (
+            "focal",
+            "MODEL.RETINANET_FL.LOSS_KERNEL",
+            "fast",
+            "MODEL.RETINANET_FL.LOSS_KERNEL must be one of.*'fast'",
+        ),
     ],
 )
 def test_bad_config_values_name_the_key(monkeypatch, name, key, value, message):
@@ -169,7 +234,12 @@ def test_ohem_ratio_one_to_three_is_enforced():
     labels = torch.tensor([0, 1] + [2] * 10)
     example_losses = torch.tensor([0.5, 0.4] + [float(10 - i) for i in range(10)])
     kept = ohem_select(
-        example_losses, labels, row_of_boxes(12), num_classes=2, batch_size=100, nms_thresh=0.7,
+        example_losses,
+        labels,
+        row_of_boxes(12),
+        num_classes=2,
+        batch_size=100,
+        nms_thresh=0.7,
         neg_pos_ratio=3.0,
     )
     assert sorted(kept.tolist()) == [0, 1, 2, 3, 4, 5, 6, 7]
@@ -178,14 +248,24 @@ def test_ohem_ratio_one_to_three_is_enforced():
     example_losses = torch.arange(40, 0, -1, dtype=torch.float32)
     example_losses[:10] = torch.arange(10, dtype=torch.float32)  # positive 9 is the hardest
     kept = ohem_select(
-        example_losses, labels, row_of_boxes(40), num_classes=2, batch_size=16, nms_thresh=0.7,
+        example_losses,
+        labels,
+        row_of_boxes(40),
+        num_classes=2,
+        batch_size=16,
+        nms_thresh=0.7,
         neg_pos_ratio=3.0,
     )
     assert sorted(kept.tolist()) == [6, 7, 8, 9] + list(range(10, 22))
     # No positive survivor: no negatives either.
     kept = ohem_select(
-        example_losses[10:], labels[10:], row_of_boxes(30), num_classes=2, batch_size=16,
-        nms_thresh=0.7, neg_pos_ratio=3.0,
+        example_losses[10:],
+        labels[10:],
+        row_of_boxes(30),
+        num_classes=2,
+        batch_size=16,
+        nms_thresh=0.7,
+        neg_pos_ratio=3.0,
     )
     assert kept.numel() == 0
 
@@ -193,7 +273,9 @@ def test_ohem_ratio_one_to_three_is_enforced():
 def test_ohem_batch_larger_than_candidates_keeps_every_non_ignored_example():
     labels = torch.tensor([0, -1, 3, 3, -1, 1, 3])
     example_losses = torch.tensor([1.0, 9.0, 3.0, 2.0, 8.0, 5.0, 4.0])
-    kept = ohem_select(example_losses, labels, row_of_boxes(7), num_classes=3, batch_size=128, nms_thresh=0.5)
+    kept = ohem_select(
+        example_losses, labels, row_of_boxes(7), num_classes=3, batch_size=128, nms_thresh=0.5
+    )
     assert kept.tolist() == [5, 6, 2, 3, 0]
 
 
@@ -217,16 +299,25 @@ def test_ohem_prefix_nms_equals_nms_over_all_examples(ratio):
     generator = torch.Generator().manual_seed(3)
     num_anchors = 600
     corners = torch.rand(num_anchors, 2, generator=generator) * 60
-    anchors = torch.cat([corners, corners + 20 + torch.rand(num_anchors, 2, generator=generator) * 10], 1)
+    anchors = torch.cat(
+        [corners, corners + 20 + torch.rand(num_anchors, 2, generator=generator) * 10], 1
+    )
     labels = torch.where(torch.rand(num_anchors, generator=generator) < 0.1, 0, NUM_CLASSES)
     labels[torch.rand(num_anchors, generator=generator) < 0.1] = -1
     example_losses = torch.rand(num_anchors, generator=generator)
     for batch_size, nms_thresh in ((16, 0.3), (32, 0.5), (64, 0.3)):
         kept = ohem_select(
-            example_losses, labels, anchors, num_classes=NUM_CLASSES, batch_size=batch_size,
-            nms_thresh=nms_thresh, neg_pos_ratio=ratio,
+            example_losses,
+            labels,
+            anchors,
+            num_classes=NUM_CLASSES,
+            batch_size=batch_size,
+            nms_thresh=nms_thresh,
+            neg_pos_ratio=ratio,
         )
-        expected = reference_ohem(example_losses, labels, anchors, NUM_CLASSES, batch_size, nms_thresh, ratio)
+        expected = reference_ohem(
+            example_losses, labels, anchors, NUM_CLASSES, batch_size, nms_thresh, ratio
+        )
         assert set(kept.tolist()) == expected and len(kept) == len(expected)
         assert (labels[kept] >= 0).all()
         assert (example_losses[kept].diff() <= 0).all()
@@ -237,7 +328,9 @@ def test_ohem_loss_is_cross_entropy_over_kept_examples_per_image():
     # image 1 has all examples hard but ignored except anchor 4.
     anchors = row_of_boxes(6)
     anchors[1] = anchors[0]
-    logits = torch.tensor([[5.0, 4.0, 3.0, -2.0, 1.0, 9.0], [9.0, 9.0, 9.0, 9.0, 0.5, 9.0]])[..., None]
+    logits = torch.tensor([[5.0, 4.0, 3.0, -2.0, 1.0, 9.0], [9.0, 9.0, 9.0, 9.0, 0.5, 9.0]])[
+        ..., None
+    ]
     labels = torch.tensor([[1, 1, 1, 0, 1, -1], [-1, -1, -1, -1, 0, -1]])
     logits.requires_grad_()
     loss = OHEMClsLoss(batch_size_per_image=3, nms_thresh=0.7, alpha=-1.0, kernel="eager")
@@ -264,7 +357,12 @@ def test_ohem_from_config():
     )
     loss = build_cls_loss(cfg)
     assert type(loss) is OHEMClsLoss
-    assert (loss.batch_size_per_image, loss.nms_thresh, loss.neg_pos_ratio, loss.alpha) == (256, 0.5, 3.0, -1.0)
+    assert (loss.batch_size_per_image, loss.nms_thresh, loss.neg_pos_ratio, loss.alpha) == (
+        256,
+        0.5,
+        3.0,
+        -1.0,
+    )
     # B at least the number of anchors and no suppression: every non-ignored example, plain CE.
     logits, labels, anchors = batch(num_anchors=20)
     loss = OHEMClsLoss(batch_size_per_image=20, nms_thresh=1.0, alpha=-1.0, kernel="eager")

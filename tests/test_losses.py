@@ -1,4 +1,5 @@
-"""Functional losses: agreement with fvcore and torchvision, closed-form gradients, kernels, extremes."""
+"""Functional losses: agreement with fvcore and torchvision, gradients, kernels, extremes."""
+
 import itertools
 import logging
 
@@ -145,8 +146,12 @@ def test_labels_path_equals_one_hot_path(reduction, star):
     valid = labels >= 0
     targets = one_hot(labels, NUM_CLASSES)
     if star:
-        from_labels = lambda x: sigmoid_focal_loss_star_from_labels(x, labels, 4.0, 0.0, 0.25, reduction)
-        dense = lambda x: sigmoid_focal_loss_star(x[valid], targets[valid], 4.0, 0.0, 0.25, reduction)
+        from_labels = lambda x: sigmoid_focal_loss_star_from_labels(
+            x, labels, 4.0, 0.0, 0.25, reduction
+        )
+        dense = lambda x: sigmoid_focal_loss_star(
+            x[valid], targets[valid], 4.0, 0.0, 0.25, reduction
+        )
     else:
         from_labels = lambda x: sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, reduction)
         dense = lambda x: sigmoid_focal_loss(x[valid], targets[valid], 0.25, 2.0, reduction)
@@ -186,7 +191,9 @@ def test_focal_star_matches_appendix_a(alpha):
     logits = random_logits(30, NUM_CLASSES)
     targets = one_hot(random_labels(30), NUM_CLASSES)
     for gamma, beta in ((2.0, 1.0), (4.0, 0.0), (0.5, -2.0)):
-        value, grad = value_and_grad(sigmoid_focal_loss_star, logits, targets, gamma, beta, alpha, "sum")
+        value, grad = value_and_grad(
+            sigmoid_focal_loss_star, logits, targets, gamma, beta, alpha, "sum"
+        )
         sign = 2 * targets - 1
         p_star_t = torch.sigmoid(gamma * sign * logits + beta)
         alpha_t = alpha * targets + (1 - alpha) * (1 - targets) if alpha >= 0 else 1.0
@@ -196,7 +203,9 @@ def test_focal_star_matches_appendix_a(alpha):
         torch.testing.assert_close(grad, sign * alpha_t * (p_star_t - 1), rtol=1e-10, atol=1e-12)
     # With β = 0, fvcore's FL* (which computes in fp32).
     value, grad = value_and_grad(sigmoid_focal_loss_star, logits, targets, 3.0, 0.0, alpha, "none")
-    expected_value, expected_grad = value_and_grad(fvcore_focal_loss_star, logits, targets, alpha, 3.0)
+    expected_value, expected_grad = value_and_grad(
+        fvcore_focal_loss_star, logits, targets, alpha, 3.0
+    )
     assert_norm_close(value, expected_value, rtol=1e-6)
     assert_norm_close(grad, expected_grad, rtol=1e-6)
 
@@ -206,7 +215,9 @@ def test_gamma_zero_is_cross_entropy():
     targets = one_hot(random_labels(25), NUM_CLASSES)
     for reduction in REDUCTIONS:
         value, grad = value_and_grad(sigmoid_focal_loss, logits, targets, -1, 0.0, reduction)
-        expected = value_and_grad(F.binary_cross_entropy_with_logits, logits, targets, reduction=reduction)
+        expected = value_and_grad(
+            F.binary_cross_entropy_with_logits, logits, targets, reduction=reduction
+        )
         torch.testing.assert_close(value, expected[0], rtol=1e-12, atol=0)
         torch.testing.assert_close(grad, expected[1], rtol=1e-12, atol=0)
     # α-balanced: each element weighted by α_t.
@@ -243,7 +254,9 @@ def test_extreme_logits_finite_and_correct(dtype, gamma):
         assert float(grad[0, 1]) == pytest.approx(1 - alpha, rel=1e-6), name
         assert float(grad[1, 1]) == pytest.approx(-alpha, rel=1e-6), name
     star_value, star_grad = value_and_grad(
-        lambda x: sigmoid_focal_loss_star_from_labels(x, labels, max(gamma, 0.5), 1.0, alpha, "none"),
+        lambda x: sigmoid_focal_loss_star_from_labels(
+            x, labels, max(gamma, 0.5), 1.0, alpha, "none"
+        ),
         logits,
     )
     assert torch.isfinite(star_value).all() and torch.isfinite(star_grad.float()).all()
@@ -288,8 +301,12 @@ def test_compiled_path_autograd_logic(monkeypatch):
     logits = random_logits(30, NUM_CLASSES, dtype=torch.float32)
     labels = random_labels(30)
     for reduction in REDUCTIONS:
-        fused = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="compiled")
-        eager = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="eager")
+        fused = value_and_grad(
+            sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="compiled"
+        )
+        eager = value_and_grad(
+            sigmoid_focal_loss_from_labels, logits, labels, reduction=reduction, kernel="eager"
+        )
         torch.testing.assert_close(fused[0], eager[0], rtol=1e-6, atol=0)
         torch.testing.assert_close(fused[1], eager[1], rtol=1e-6, atol=1e-9)
     # A second backward through the same graph recomputes the released gradient.
@@ -303,7 +320,12 @@ def test_compiled_path_autograd_logic(monkeypatch):
         assert sigmoid_focal_loss_from_labels(x, labels, kernel="compiled") == loss.detach()
     # Half-precision logits: the gradient comes back in their dtype.
     half = logits.half().requires_grad_()
-    (grad,) = torch.autograd.grad(sigmoid_focal_loss(half, one_hot(labels, NUM_CLASSES, torch.float16), reduction="sum", kernel="compiled"), half)
+    (grad,) = torch.autograd.grad(
+        sigmoid_focal_loss(
+            half, one_hot(labels, NUM_CLASSES, torch.float16), reduction="sum", kernel="compiled"
+        ),
+        half,
+    )
     assert grad.dtype == torch.float16 and torch.isfinite(grad).all()
 
 
@@ -354,7 +376,10 @@ def test_kernel_from_environment(monkeypatch):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda x, y, t: sigmoid_focal_loss(x, t, gamma=-1.0), "gamma must be a finite number >= 0"),
+        (
+            lambda x, y, t: sigmoid_focal_loss(x, t, gamma=-1.0),
+            "gamma must be a finite number >= 0",
+        ),
         (lambda x, y, t: sigmoid_focal_loss(x, t, alpha=1.5), r"alpha must be in \[0, 1\]"),
         (lambda x, y, t: sigmoid_focal_loss(x, t, reduction="avg"), "reduction must be one of"),
         (lambda x, y, t: sigmoid_focal_loss(x, t[:1]), "targets must have the shape"),

@@ -11,6 +11,7 @@ Every loss is an ``nn.Module`` called as ``loss(pred_logits, gt_labels, anchors)
 the fp32 sum of the classification loss over the batch; the meta-architecture divides it by its
 normalizer (the number of foreground anchors, or its moving average).
 """
+
 import math
 import os
 from typing import Tuple
@@ -164,7 +165,12 @@ class FocalStarClsLoss(nn.Module):
 
     @configurable
     def __init__(
-        self, *, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25, kernel: str = "compiled"
+        self,
+        *,
+        gamma: float = 2.0,
+        beta: float = 1.0,
+        alpha: float = 0.25,
+        kernel: str = "compiled",
     ):
         """
         Args:
@@ -192,8 +198,13 @@ class FocalStarClsLoss(nn.Module):
         """See :meth:`FocalClsLoss.forward`."""
         logits, labels = _flatten(pred_logits, gt_labels)
         return sigmoid_focal_loss_star_from_labels(
-            logits, labels, gamma=self.gamma, beta=self.beta, alpha=self.alpha,
-            reduction="sum", kernel=self.kernel,
+            logits,
+            labels,
+            gamma=self.gamma,
+            beta=self.beta,
+            alpha=self.alpha,
+            reduction="sum",
+            kernel=self.kernel,
         )
 
     def extra_repr(self) -> str:
@@ -227,8 +238,9 @@ def ohem_select(
         batch_size: B > 0, the most examples kept.
         nms_thresh: IoU above which a lower-loss example is suppressed.
         neg_pos_ratio: r > 0 keeps at most max(1, ⌊B / (1 + r)⌋) positives and at most
-            ⌊r · (positives kept)⌋ negatives, B in total (the paper's "OHEM 1:3" is r = 3, as in
-            SSD: an image without positive survivors keeps nothing); 0 keeps the top B survivors.
+            ⌊r · (positives kept)⌋ negatives, B in total (the paper's "OHEM 1:3" is r = 3; as
+            in SSD, an image without positive survivors keeps nothing); 0 keeps the top B
+            survivors.
 
     Returns:
         (M,) int64 indices of the kept anchors, M ≤ B, by decreasing loss.
@@ -346,11 +358,17 @@ class OHEMClsLoss(nn.Module):
             image_logits, image_labels = pred_logits[image_index], gt_labels[image_index]
             with torch.no_grad():
                 example_losses = sigmoid_focal_loss_from_labels(
-                    image_logits.detach(), image_labels, alpha=self.alpha, gamma=0.0,
-                    reduction="none", kernel=self.kernel,
+                    image_logits.detach(),
+                    image_labels,
+                    alpha=self.alpha,
+                    gamma=0.0,
+                    reduction="none",
+                    kernel=self.kernel,
                 ).sum(dim=1)
             kept_anchors = ohem_select(
-                example_losses, image_labels, anchors,
+                example_losses,
+                image_labels,
+                anchors,
                 num_classes=num_classes,
                 batch_size=self.batch_size_per_image,
                 nms_thresh=self.nms_thresh,
@@ -359,7 +377,11 @@ class OHEMClsLoss(nn.Module):
             kept.append(kept_anchors + image_index * num_anchors)
         kept = torch.cat(kept)
         return sigmoid_focal_loss_from_labels(
-            logits[kept], labels[kept], alpha=self.alpha, gamma=0.0, reduction="sum",
+            logits[kept],
+            labels[kept],
+            alpha=self.alpha,
+            gamma=0.0,
+            reduction="sum",
             kernel=self.kernel,
         )
 
