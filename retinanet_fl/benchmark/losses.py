@@ -1,11 +1,4 @@
 """
-Benchmarks (not tests): ``python -m retinanet_fl.benchmark {losses,all} [options]``.
-
-Each benchmark writes ``<name>.json`` (every measurement and the machine it ran on) and
-``<name>.md`` (a table of the ratios) under ``--output-dir`` (``benchmarks/results`` by default).
-Timings are medians over interleaved repeats, and ratios are taken between methods of the same
-run, so a machine shared with other work skews them less than it skews absolute numbers.
-
 ``losses``: forward + backward of the classification loss from (R, K) logits and (R,) labels to the
 gradient of the logits, for our closed form (eager and compiled) against the detector path of
 Detectron2 (one-hot targets of the valid rows into fvcore's ``sigmoid_focal_loss_jit``), fvcore's
@@ -13,136 +6,19 @@ eager version and ``torchvision.ops.sigmoid_focal_loss``; and the peak memory ea
 top of its inputs.
 """
 import argparse
-import ctypes
-import datetime
-import gc
-import json
 import os
-import platform
-import random
-import re
 import statistics
-import sys
 import time
-from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import sigmoid_focal_loss_from_labels
-
-DEFAULT_OUTPUT_DIR = Path("benchmarks/results")
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurement helpers
-# ---------------------------------------------------------------------------------------------
-def machine_info(device: torch.device) -> Dict[str, object]:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = os.getloadavg()
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+from ..losses import sigmoid_focal_loss_from_labels
+from .common import PeakMemory, machine_info, synchronize, time_interleaved, write_results
 
 
-class PeakMemory:
-    """
-    Peak memory a call needs on top of what is allocated before it. On CUDA from the caching
-    allocator's statistics; on Linux CPUs from the process's resident-set high-water mark, reset
-    before the call through /proc/self/clear_refs, with glibc told to map every allocation over
-    64 KiB separately so that freed tensors leave the resident set at once.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.libc = None
-        self.available = device.type == "cuda" or self._setup_cpu()
-
-    def _setup_cpu(self) -> bool:
-        if not (sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)):
-            return False
-        try:
-            self.libc = ctypes.CDLL("libc.so.6")
-        except OSError:
-            return False
-        m_mmap_threshold = -3
-        return bool(self.libc.mallopt(m_mmap_threshold, 64 * 1024))
-
-    @staticmethod
-    def _status_bytes(key: str) -> int:
-        with open("/proc/self/status") as f:
-            return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
-
-    def measure(self, fn: Callable[[], object]) -> Optional[int]:
-        """Run ``fn`` once; returns the peak bytes above the starting allocation, or None."""
-        if not self.available:
-            fn()
-            return None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            result = fn()
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device) - before
-        else:
-            # Hand the heap's free pages back, so that reusing them shows up as new memory.
-            self.libc.malloc_trim(0)
-            before = self._status_bytes("VmRSS")
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current resident set
-            result = fn()
-            peak = self._status_bytes("VmHWM") - before
-        del result
-        return peak
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    steps: Dict[str, Callable[[], object]], repeats: int, device: torch.device, seed: int
-) -> Dict[str, List[float]]:
-    """Seconds per call of each step; every repeat runs all steps once, in a shuffled order."""
-    times = {name: [] for name in steps}
-    order = list(steps)
-    rng = random.Random(seed)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
-            _synchronize(device)
-            start = time.perf_counter()
-            steps[name]()
-            _synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def write_results(name: str, results: Dict[str, object], markdown: str, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / f"{name}.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {output_dir / (name + '.json')} and {output_dir / (name + '.md')}")
-
-
-# ---------------------------------------------------------------------------------------------
-# losses
-# ---------------------------------------------------------------------------------------------
 LOSS_METHODS = ("ours_compiled", "ours_eager", "fvcore_jit", "fvcore", "torchvision")
 
 
@@ -225,7 +101,7 @@ def benchmark_losses(args: argparse.Namespace) -> Dict[str, object]:
         for method, step in steps.items():
             start = time.perf_counter()
             gradient = step(logits, labels)  # warm-up; compiles the fused kernel
-            _synchronize(device)
+            synchronize(device)
             first_call_s[method] = time.perf_counter() - start
             gradient_l1[method] = gradient.double().abs().sum().item()
             del gradient
@@ -341,39 +217,3 @@ def run_losses(args: argparse.Namespace) -> None:
         raise SystemExit(f"--repeats must be at least 5 for a meaningful median, got {args.repeats}.")
     results = benchmark_losses(args)
     write_results("losses", results, losses_markdown(results), args.output_dir)
-
-
-# name -> (add its arguments to a parser, run it); "all" runs each in this order.
-BENCHMARKS = {
-    "losses": (add_losses_arguments, run_losses),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m retinanet_fl.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="benchmark", required=True)
-    for name, (add_arguments, _) in list(BENCHMARKS.items()) + [("all", (None, None))]:
-        sub = subparsers.add_parser(name, help=f"run the {name} benchmark" if add_arguments else
-                                    "run every benchmark with its default settings")
-        sub.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-        sub.add_argument("--device", default="cpu", help="cpu or cuda")
-        sub.add_argument("--seed", type=int, default=0)
-        if add_arguments is not None:
-            add_arguments(sub)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.benchmark != "all":
-        BENCHMARKS[args.benchmark][1](args)
-        return
-    for name, (add_arguments, run) in BENCHMARKS.items():
-        defaults = argparse.ArgumentParser()
-        add_arguments(defaults)
-        run(argparse.Namespace(**{**vars(defaults.parse_args([])), **vars(args)}))
-
-
-if __name__ == "__main__":
-    main()
