@@ -89,6 +89,9 @@ def test_train_report(reports):
         medians[OURS] / medians[DETECTRON2]
     )
     assert set(entry["phase_median_s"][OURS]) == {"forward", "backward", "optimizer"}
+    assert entry["num_anchors_per_image"] > 0
+    assert entry["cls_loss_median_s"][OURS] > 0 and entry["cls_loss_median_s"][DETECTRON2] > 0
+    assert entry["time_ratio_bound_from_cls_loss"] > 0
     # Identical weights and inputs: the first iteration's losses agree.
     for name, value in entry["first_iteration_losses"][DETECTRON2].items():
         assert entry["first_iteration_losses"][OURS][name] == pytest.approx(value, rel=1e-4)
