@@ -100,7 +100,9 @@ def test_train_report(reports):
     assert entry["memory_ratio_ours_vs_detectron2"] > 0
     assert entry["allocated_ratio_ours_vs_detectron2"] > 0
     assert {"time", "memory", "allocated memory"} <= set(entry["targets"])
-    assert results["profile"]["ops"][OURS] and results["profile"]["ops"][DETECTRON2]
+    assert results["profiles"]
+    for profile in results["profiles"]:
+        assert profile["ops"][OURS] and profile["ops"][DETECTRON2]
     markdown = (reports / "train.md").read_text()
     assert "ours/D2 time" in markdown and "## Targets" in markdown and "## Profile" in markdown
     assert f"{entry['time_ratio_ours_vs_detectron2']:.3f}" in markdown
