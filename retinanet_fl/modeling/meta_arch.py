@@ -364,7 +364,9 @@ class FocalLossRetinaNet(DenseDetector):
         return [
             self.inference_single_image(
                 anchors,
-                [logits[img_idx].sigmoid() for logits in pred_logits],
+                # In place, as Detectron2: the transposed logits are read nowhere else, and a
+                # copy would allocate one more (R, K) tensor per image.
+                [logits[img_idx].sigmoid_() for logits in pred_logits],
                 [deltas[img_idx] for deltas in pred_anchor_deltas],
                 image_size,
             )
@@ -406,6 +408,49 @@ class FocalLossRetinaNet(DenseDetector):
             self.test_nms_thresh,
         )
         return candidates[keep[: self.max_detections_per_image]]
+
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Detectron2's decoding of one level, with the same results: the (anchor, class) pairs
+        above the threshold, the top-k of them, their boxes. The pairs are found as flat indices
+        into the ``(R, K)`` scores and split into anchor and class for the top-k only, where
+        Detectron2's 2-D ``nonzero`` writes two indices for every pair above the threshold (the
+        bulk of post-processing when many pass it).
+
+        Args:
+            anchors: the level's R anchors.
+            pred_scores: ``(R, K)`` class probabilities.
+            pred_deltas: ``(R, 4)`` box deltas.
+            score_thresh: scores must be above it.
+            topk_candidates: the most pairs kept.
+            image_size: (height, width) of the image as fed to the network.
+
+        Returns:
+            Instances with "pred_boxes", "scores" and "pred_classes", best first.
+        """
+        num_classes = pred_scores.shape[1]
+        flat_scores = pred_scores.flatten()
+        candidate_idxs = torch.nonzero(flat_scores > score_thresh).squeeze(1)
+        scores, order = flat_scores[candidate_idxs].topk(min(len(candidate_idxs), topk_candidates))
+        flat_idxs = candidate_idxs[order]
+        anchor_idxs = flat_idxs // num_classes
+        pred_boxes = self.box2box_transform.apply_deltas(
+            pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+        )
+        return Instances(
+            image_size,
+            pred_boxes=Boxes(pred_boxes),
+            scores=scores,
+            pred_classes=flat_idxs % num_classes,
+        )
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints
