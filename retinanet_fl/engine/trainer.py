@@ -16,6 +16,7 @@ from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dict
 from .checkpoint import AtomicCheckpointer
 from .checks import check_losses_finite, check_model_config, check_num_classes, warn_unread_anchor_sizes
 from .launch import create_ddp_model
+from .optimizer import build_optimizer
 
 DATASETS_HELP = (
     "Detectron2 reads datasets from $DETECTRON2_DATASETS (now '{root}'); COCO must be laid out as "
@@ -60,6 +61,7 @@ class Trainer(DefaultTrainer):
 
     * COCOEvaluator for COCO-format datasets, Pascal VOC's evaluator for VOC datasets;
     * DistributedDataParallel that also works for a model on the CPU (gloo workers);
+    * ``SOLVER.OPTIMIZER``: Detectron2's SGD or AdamW;
     * checkpoints written atomically, so a killed run always leaves a loadable latest checkpoint;
     * missing datasets reported with where to put them;
     * config mistakes with Detectron2's keys caught when the model and the data are built
@@ -95,6 +97,11 @@ class Trainer(DefaultTrainer):
         model = super().build_model(cfg)
         warn_unread_anchor_sizes(cfg, model)
         return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model):
+        """Detectron2's SGD, or AdamW when ``SOLVER.OPTIMIZER`` says so."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
