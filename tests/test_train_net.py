@@ -22,7 +22,7 @@ TINY_OPTS = [
     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
     "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", "40",
+    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "40",
     "SOLVER.STEPS", "()", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "20",
     "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
 ]
@@ -97,8 +97,9 @@ def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
     # Frozen BatchNorm and no flip, so one image on each of 2 workers sees exactly what a batch of 2 sees.
     opts = ["SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNETS.NORM", "FrozenBN",
             "INPUT.RANDOM_FLIP", "none", "DATASETS.TEST", "()",
-            # full LR from the first step, so the step moves the weights well beyond the tolerance
-            "SOLVER.WARMUP_FACTOR", "1.0", "SOLVER.BASE_LR", "0.05"]
+            # full LR from the first step, so the step moves the weights well beyond the tolerance;
+            # SGD, whose step is linear in the gradient (AdamW's first step divides it by its own size)
+            "SOLVER.WARMUP_FACTOR", "1.0", "SOLVER.BASE_LR", "0.05", "SOLVER.OPTIMIZER", "SGD"]
     run_train_net(datasets_root, tmp_path / "single", opts=opts)
     output = run_train_net(datasets_root, tmp_path / "two", "--num-gpus", "2", "--dist-url", "auto", opts=opts)
     assert "world size: 2" in output.lower() or "rank 1" in output.lower()
