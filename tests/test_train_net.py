@@ -17,7 +17,8 @@ TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_FPN_synthetic.yaml")
 # A model and schedule small enough for a few CPU seconds per run.
 TINY_OPTS = [
-    "MODEL.FPN.OUT_CHANNELS", "32",
+    # 64 channels: the config's group norm (32 groups) needs 2 per group on P7's single pixel
+    "MODEL.FPN.OUT_CHANNELS", "64",
     "MODEL.RETINANET.NUM_CONVS", "1",
     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
