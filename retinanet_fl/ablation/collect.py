@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .runner import FAILED, FINISHED, PENDING, RunSpec, read_eval_results, read_status
-from .sweeps import METRICS, Sweep, SweepRow
+from .sweeps import METRICS, REPO_ROOT, Sweep, SweepRow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,10 @@ def write_markdown(
         )
     else:
         setting = sweep.description
-    lines += [f"Setting: {setting}", "", f"Base config: `{sweep.base_config}`.", ""]
+    base_config = sweep.base_config
+    if base_config.is_relative_to(REPO_ROOT):
+        base_config = base_config.relative_to(REPO_ROOT)
+    lines += [f"Setting: {setting}", "", f"Base config: `{base_config}`.", ""]
     lines += [f"{note}" for note in notes] + ([""] if notes else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = _best_index(results)
