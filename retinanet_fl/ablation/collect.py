@@ -159,7 +159,7 @@ def write_markdown(
 def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     """
     Write one line per row: key columns, row name, status, ours, the paper's, the difference,
-    the paper's note, the error and the run folder. Missing numbers are empty cells.
+    the paper's note, the error and the run folder (relative to the table). Missing numbers are empty cells.
     """
 
     def cell(value: Optional[float]) -> str:
@@ -191,7 +191,7 @@ def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
                     *(cell(result.delta(i)) for i in range(len(METRICS))),
                     result.row.paper_note,
                     result.error,
-                    str(result.run_dir),
+                    str(_relative(result.run_dir, Path(path).parent)),
                 ]
             )
 
