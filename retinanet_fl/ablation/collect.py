@@ -159,7 +159,8 @@ def write_markdown(
 def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     """
     Write one line per row: key columns, row name, status, ours, the paper's, the difference,
-    the paper's note, the error and the run folder (relative to the table). Missing numbers are empty cells.
+    the paper's note, the error and the run folder (relative to the table). Missing numbers are
+    empty cells.
     """
 
     def cell(value: Optional[float]) -> str:
