@@ -44,7 +44,6 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     # OHEM: negatives per positive among the kept examples (3 = the paper's "OHEM 1:3"; 0 = no ratio).
     _C.MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO = 0.0
     # "compiled" (one fused kernel through torch.compile) or "eager" (closed form, no compile step).
-    # The environment variable RETINANET_FL_LOSS_KERNEL overrides it.
     _C.MODEL.RETINANET_FL.LOSS_KERNEL = "compiled"
 
     # Head: a name in RETINANET_FL_HEAD_REGISTRY.

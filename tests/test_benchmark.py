@@ -127,3 +127,30 @@ def test_amp_on_cpu_is_refused(tmp_path):
 
     with pytest.raises(SystemExit, match="CUDA only"):
         main(["train", *SMALL, "--precisions", "amp", "--output-dir", str(tmp_path)])
+
+
+def test_losses_benchmark_report(tmp_path):
+    from retinanet_fl.benchmark.losses import LOSS_METHODS
+
+    subprocess.run(
+        [sys.executable, "-m", "retinanet_fl.benchmark", "losses", "--output-dir", str(tmp_path),
+         "--sizes", "3000", "--num-classes", "5", "--repeats", "5"],
+        check=True,
+    )
+    results = json.loads((tmp_path / "losses.json").read_text())
+    (entry,) = results["sizes"]
+    assert set(entry["median_s"]) == set(LOSS_METHODS)
+    # Every loss method computes the same gradient.
+    gradient_l1 = entry["gradient_l1"]
+    assert set(gradient_l1) == set(LOSS_METHODS) - {"logits_copy"}
+    for method, value in gradient_l1.items():
+        assert value == pytest.approx(gradient_l1["fvcore_jit"], rel=1e-5), method
+    assert set(entry["targets"]) == {
+        "compiled 20x faster than fvcore_jit",
+        "compiled within 3x of a logits copy",
+        "compiled extra memory at most one (R, K) fp32",
+        "eager no slower than fvcore's eager",
+    }
+    assert len(results["compile_s_per_new_setting"]) == 2
+    report = (tmp_path / "losses.md").read_text()
+    assert all(f"| {method} |" in report for method in LOSS_METHODS)

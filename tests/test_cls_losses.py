@@ -1,6 +1,7 @@
 """CLS_LOSS_REGISTRY: building from the config, validation, and OHEM's selection."""
 
 import math
+import random
 
 import pytest
 import torch
@@ -9,7 +10,6 @@ from torchvision.ops import nms
 
 from retinanet_fl import get_cfg
 from retinanet_fl.losses import (
-    KERNEL_ENV_VAR,
     sigmoid_focal_loss,
     sigmoid_focal_loss_from_labels,
     sigmoid_focal_loss_star_from_labels,
@@ -182,21 +182,16 @@ def test_losses_accept_half_precision_logits():
         ),
     ],
 )
-def test_bad_config_values_name_the_key(monkeypatch, name, key, value, message):
-    monkeypatch.delenv(KERNEL_ENV_VAR, raising=False)
+def test_bad_config_values_name_the_key(name, key, value, message):
     with pytest.raises(ValueError, match=message):
         build_cls_loss(config(name, **{key: value}))
 
 
-def test_environment_variable_overrides_kernel_key(monkeypatch):
-    cfg = config("focal", **{"MODEL.RETINANET_FL.LOSS_KERNEL": "compiled"})
-    monkeypatch.setenv(KERNEL_ENV_VAR, "eager")
-    assert build_cls_loss(cfg).kernel == "eager"
-    monkeypatch.delenv(KERNEL_ENV_VAR)
-    assert build_cls_loss(cfg).kernel == "compiled"
-    monkeypatch.setenv(KERNEL_ENV_VAR, "turbo")
-    with pytest.raises(ValueError, match=f"environment variable {KERNEL_ENV_VAR}.*'turbo'"):
-        build_cls_loss(cfg)
+def test_kernel_comes_from_the_config_key():
+    assert get_cfg().MODEL.RETINANET_FL.LOSS_KERNEL == "compiled"
+    for kernel in ("compiled", "eager"):
+        cfg = config("focal", **{"MODEL.RETINANET_FL.LOSS_KERNEL": kernel})
+        assert build_cls_loss(cfg).kernel == kernel
 
 
 def test_shape_errors_are_clear():
@@ -370,3 +365,54 @@ def test_ohem_from_config():
     targets = F.one_hot(labels[valid], NUM_CLASSES + 1)[:, :NUM_CLASSES].float()
     expected = sigmoid_focal_loss(logits[valid], targets, alpha=-1, gamma=0, reduction="sum")
     torch.testing.assert_close(loss(logits, labels, anchors), expected)
+
+
+def float64_reference(name: str, logits, labels, gamma: float, alpha: float, beta: float):
+    """The registry entry's summed loss from the paper's formulas in float64 (OHEM: None)."""
+    valid = labels >= 0
+    x = logits.double()[valid]
+    t = F.one_hot(labels[valid], NUM_CLASSES + 1)[:, :NUM_CLASSES].double()
+    alpha_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else torch.ones_like(t)
+    p_t = torch.sigmoid(x) * t + torch.sigmoid(-x) * (1 - t)
+    if name == "focal":
+        return -(alpha_t * (1 - p_t) ** gamma * torch.log(p_t)).sum()
+    if name == "ce":
+        return -(alpha_t * torch.log(p_t)).sum()
+    if name == "focal_star":
+        x_t = x * (2 * t - 1)
+        return -(alpha_t * F.logsigmoid(gamma * x_t + beta) / gamma).sum()
+    return None
+
+
+@pytest.mark.parametrize("kernel", ("compiled", "eager"))
+def test_registry_losses_do_not_depend_on_earlier_calls(kernel):
+    # Every registry entry, several settings, in two shuffled orders within one process.
+    settings = [
+        (name, gamma, alpha)
+        for name in ("focal", "ce", "focal_star", "ohem")
+        for gamma, alpha in ((2.0, 0.25), (1.0, 0.75), (0.5, -1.0), (5.0, 0.25))
+    ]
+    order = random.Random(0).sample(settings, len(settings))
+    order += random.Random(1).sample(settings, len(settings))
+    logits, labels, anchors = batch(num_anchors=64)
+    first_results = {}
+    for name, gamma, alpha in order:
+        overrides = {
+            "MODEL.RETINANET.FOCAL_LOSS_GAMMA": gamma,
+            "MODEL.RETINANET.FOCAL_LOSS_ALPHA": alpha,
+            "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA": gamma,
+            "MODEL.RETINANET_FL.FOCAL_STAR_BETA": 1.0,
+            "MODEL.RETINANET_FL.LOSS_KERNEL": kernel,
+        }
+        x = logits.clone().requires_grad_()
+        value = build_cls_loss(config(name, **overrides))(x, labels, anchors)
+        (grad,) = torch.autograd.grad(value, x)
+        expected = float64_reference(name, logits, labels, gamma, alpha, 1.0)
+        setting = (name, gamma, alpha)
+        if expected is not None:
+            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0, msg=str(setting))
+        # The second pass returns exactly what the first did.
+        if setting in first_results:
+            assert torch.equal(first_results[setting][0], value), setting
+            assert torch.equal(first_results[setting][1], grad), setting
+        first_results[setting] = (value.detach(), grad)

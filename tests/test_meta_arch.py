@@ -404,3 +404,23 @@ def test_gt_class_out_of_range_is_reported():
     batch[0]["instances"].gt_classes[:] = NUM_CLASSES
     with EventStorage(), pytest.raises(ValueError, match="NUM_CLASSES = 3"):
         ours(batch)
+
+
+def test_detectors_with_different_gammas_in_one_process_match_detectron2():
+    # Our default (compiled) loss kernel, several γ in one process: each detector's loss_cls is
+    # Detectron2's RetinaNet's with the same γ.
+    batch = make_batch(4)
+    for gamma in (2.0, 1.0, 3.0):
+        torch.manual_seed(0)
+        reference_cfg, our_cfg_ = detectron2_cfg(), our_cfg()
+        for cfg in (reference_cfg, our_cfg_):
+            cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA = gamma
+        reference = build_model(reference_cfg)
+        ours = build_model(our_cfg_)
+        assert ours.cls_loss.kernel == "compiled"
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        with EventStorage():
+            expected, actual = reference(batch), ours(batch)
+        torch.testing.assert_close(
+            actual["loss_cls"], expected["loss_cls"], rtol=1e-5, atol=0, msg=f"gamma={gamma}"
+        )

@@ -1095,8 +1095,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
                         help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA")
     parser.add_argument("--loss-kernel", choices=["compiled", "eager"], default="compiled",
-                        help="MODEL.RETINANET_FL.LOSS_KERNEL (the environment variable "
-                        "RETINANET_FL_LOSS_KERNEL overrides it, as everywhere)")
+                        help="MODEL.RETINANET_FL.LOSS_KERNEL")
     parser.add_argument("--memory-repeats", type=int, default=memory_repeats,
                         help="measured calls per model for peak memory (0: skip)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",

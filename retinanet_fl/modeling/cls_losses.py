@@ -13,7 +13,6 @@ normalizer (the number of foreground anchors, or its moving average).
 """
 
 import math
-import os
 from typing import Tuple
 
 import torch
@@ -23,7 +22,6 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from ..losses import (
-    KERNEL_ENV_VAR,
     check_alpha,
     check_beta,
     check_gamma,
@@ -80,10 +78,6 @@ def build_cls_loss(cfg) -> nn.Module:
 
 
 def _kernel_from_config(cfg) -> str:
-    """The environment variable RETINANET_FL_LOSS_KERNEL, when set, overrides the config key."""
-    env_kernel = os.environ.get(KERNEL_ENV_VAR, "")
-    if env_kernel:
-        return check_kernel(env_kernel, name=f"environment variable {KERNEL_ENV_VAR}")
     return check_kernel(cfg.MODEL.RETINANET_FL.LOSS_KERNEL, name=_KERNEL_KEY)
 
 
