@@ -322,7 +322,40 @@ def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
                 type(e).__name__,
                 str(e).splitlines()[0] if str(e) else "",
             )
-    return _loss_and_grad(*args)
+    return _eager_in_chunks(*args)
+
+
+# Elements per chunk of the eager kernel: its ~12 temporaries then stay in the CPU's cache.
+_EAGER_CHUNK_ELEMENTS = 2**18
+
+
+def _eager_in_chunks(
+    logits: Tensor, target: Tensor, *settings
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """
+    The eager kernel: ``_loss_and_grad`` over blocks of rows, written into preallocated outputs,
+    so that its temporaries take a chunk's memory instead of the whole tensor's.
+    """
+    row_elements = max(1, logits[0].numel()) if logits.dim() else 1
+    chunk_rows = max(1, _EAGER_CHUNK_ELEMENTS // row_elements)
+    if logits.dim() == 0 or len(logits) <= chunk_rows:
+        return _loss_and_grad(logits, target, *settings)
+    reduce, with_grad = settings[-2:]
+    dtype = _upcast(logits).dtype
+    loss = torch.zeros((), dtype=dtype, device=logits.device) if reduce else None
+    if not reduce:
+        loss = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+    grad = torch.empty(logits.shape, dtype=dtype, device=logits.device) if with_grad else None
+    for start in range(0, len(logits), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        chunk_loss, chunk_grad = _loss_and_grad(logits[rows], target[rows], *settings)
+        if reduce:
+            loss += chunk_loss
+        else:
+            loss[rows] = chunk_loss
+        if with_grad:
+            grad[rows] = chunk_grad
+    return loss, grad
 
 
 def _mean_divisor(logits: Tensor, target: Tensor, from_labels: bool):
@@ -351,13 +384,15 @@ class _ClosedFormLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         logits, target = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None  # used once and released
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
-            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1]
-        elif grad is None:
-            grad = _run_kernel(ctx.kernel, logits, target, *ctx.settings, True)[1]
         if ctx.reduction == "mean":
             grad_out = grad_out / _mean_divisor(logits, target, ctx.settings[0])
-        return (grad * grad_out).to(logits.dtype), None, None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1] * grad_out
+        else:
+            if grad is None:
+                grad = _run_kernel(ctx.kernel, logits, target, *ctx.settings, True)[1]
+            grad = grad.mul_(grad_out)  # in place: no second (R, K) tensor
+        return grad.to(logits.dtype), None, None, None, None, None, None, None
 
 
 def _closed_form_loss(logits, target, from_labels, kind, params, alpha, reduction, kernel):

@@ -339,6 +339,23 @@ def test_compiled_kernel_equals_eager():
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_eager_kernel_in_chunks_equals_one_pass(monkeypatch, reduction):
+    logits = random_logits(50, NUM_CLASSES)
+    labels = random_labels(50)
+    targets = torch.rand(50, NUM_CLASSES, dtype=torch.float64)
+    calls = {
+        "labels": lambda x: sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, reduction, "eager"),
+        "targets": lambda x: sigmoid_focal_loss(x, targets, 0.25, 0.5, reduction, "eager"),
+    }
+    one_pass = {name: value_and_grad(call, logits) for name, call in calls.items()}
+    monkeypatch.setattr(losses, "_EAGER_CHUNK_ELEMENTS", 3 * NUM_CLASSES)  # 17 chunks of 3 rows
+    for name, call in calls.items():
+        chunked = value_and_grad(call, logits)
+        torch.testing.assert_close(chunked[0], one_pass[name][0], rtol=1e-12, atol=0, msg=name)
+        torch.testing.assert_close(chunked[1], one_pass[name][1], rtol=1e-12, atol=0, msg=name)
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
     def failing_compile(fn):
         def compiled(*args):
