@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..losses import sigmoid_focal_loss
+from ..layers.focal_loss import sigmoid_focal_loss
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch._inductor.config
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..losses import sigmoid_focal_loss_from_labels
+from ..layers.focal_loss import sigmoid_focal_loss_from_labels
 from .common import PeakMemory, machine_info, synchronize, time_interleaved, write_results
 
 

@@ -21,7 +21,7 @@ from detectron2.layers import nms
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-from ..losses import (
+from ..layers.focal_loss import (
     check_alpha,
     check_beta,
     check_gamma,
@@ -101,7 +101,7 @@ class FocalClsLoss(nn.Module):
         Args:
             gamma: γ ≥ 0.
             alpha: α in [0, 1], or negative for no α weighting.
-            kernel: "compiled" or "eager"; see :mod:`retinanet_fl.losses`.
+            kernel: "compiled" or "eager"; see :mod:`retinanet_fl.layers.focal_loss`.
         """
         super().__init__()
         self.gamma = check_gamma(gamma, name=_GAMMA_KEY)

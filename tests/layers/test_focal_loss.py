@@ -15,8 +15,8 @@ from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
 from fvcore.nn import sigmoid_focal_loss_star as fvcore_focal_loss_star
 from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
 
-from retinanet_fl import losses
-from retinanet_fl.losses import (
+from retinanet_fl.layers import focal_loss as losses
+from retinanet_fl.layers.focal_loss import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_from_labels,
     sigmoid_focal_loss_star,

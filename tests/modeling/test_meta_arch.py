@@ -19,7 +19,7 @@ from retinanet_fl.modeling import meta_arch as meta_arch_module
 from retinanet_fl.modeling.anchors import OctaveAnchorGenerator
 from retinanet_fl.modeling.meta_arch import FocalLossRetinaNet, build_anchor_matcher, match_anchors
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 3
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import nms
 
 from retinanet_fl import get_cfg
-from retinanet_fl.losses import (
+from retinanet_fl.layers.focal_loss import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_from_labels,
     sigmoid_focal_loss_star_from_labels,

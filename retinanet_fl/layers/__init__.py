@@ -1,0 +1,16 @@
+"""Layers of the paper: the focal loss and its variants as functions (closed-form gradients)."""
+from .focal_loss import (
+    KERNELS,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_from_labels,
+    sigmoid_focal_loss_star,
+    sigmoid_focal_loss_star_from_labels,
+)
+
+__all__ = [
+    "KERNELS",
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_from_labels",
+    "sigmoid_focal_loss_star",
+    "sigmoid_focal_loss_star_from_labels",
+]
