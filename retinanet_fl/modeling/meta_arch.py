@@ -13,11 +13,9 @@ parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectron2 
 checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see ``_CAFFE2_RETINANET_KEYS``).
 """
 
-import copy
 import logging
 import math
-import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,81 +26,23 @@ from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor, nn
 
+from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss
 from .head import build_retinanet_fl_head
+from .matching import build_anchor_matcher, match_anchors
 
-__all__ = ["FocalLossRetinaNet", "match_anchors"]
+__all__ = ["FocalLossRetinaNet"]
 
 LOSS_NORMALIZERS = ("ema", "num_pos")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 # Detectron2 starts its moving average of the positive-anchor count at 100.
 _EMA_NORMALIZER_START = 100.0
-
-# Detectron (Caffe2) RetinaNet blob names, as Detectron2's `convert_c2_detectron_names` leaves them
-# (it knows the backbone and FPN laterals/outputs, not P6/P7 nor the RetinaNet head), mapped to
-# ours. Caffe2 shares the head's blobs across levels under the finest level's name (fpn3).
-_CAFFE2_RETINANET_KEYS = [
-    (re.compile(r"^fpn\.(6|7)\.(weight|bias)$"), r"backbone.top_block.p\1.\2"),
-    (re.compile(r"^retnet\.cls\.pred\.fpn\d+\.(weight|bias)$"), r"head.cls_score.\1"),
-    (re.compile(r"^retnet\.bbox\.pred\.fpn\d+\.(weight|bias)$"), r"head.bbox_pred.\1"),
-]
-_CAFFE2_RETINANET_TOWER_KEY = re.compile(
-    r"^retnet\.(cls|bbox)\.conv\.n(\d+)\.fpn\d+\.(weight|bias)$"
-)
-
-
-def match_anchors(
-    gt_boxes: Boxes, anchors: Boxes, matcher: Matcher, chunk_size: int
-) -> Tuple[Tensor, Tensor]:
-    """
-    ``matcher(pairwise_iou(gt_boxes, anchors))`` without ever holding more than ``chunk_size``
-    anchors' IoU columns: thresholds are applied chunk by chunk, and the low-quality matches
-    (each GT box's best anchors, ties included) use the best IoU over all chunks, recomputing IoU
-    only for the chunks that contain such an anchor.
-
-    Args:
-        gt_boxes: M ground-truth boxes.
-        anchors: R anchors.
-        matcher: Detectron2's matcher; its ``allow_low_quality_matches`` is honoured.
-        chunk_size: anchors per chunk.
-
-    Returns:
-        Tensor: ``(R,)`` int64, index of the matched GT box of each anchor.
-        Tensor: ``(R,)`` int8, the matcher's label of each anchor (1, 0 or -1).
-    """
-    num_anchors = len(anchors)
-    if num_anchors <= chunk_size:
-        return matcher(pairwise_iou(gt_boxes, anchors))
-
-    threshold_matcher = copy.copy(matcher)
-    threshold_matcher.allow_low_quality_matches = False
-    starts = range(0, num_anchors, chunk_size)
-    matched_idxs, match_labels, chunk_best_iou = [], [], []
-    for start in starts:
-        iou = pairwise_iou(gt_boxes, anchors[start : start + chunk_size])
-        idxs, labels = threshold_matcher(iou)
-        matched_idxs.append(idxs)
-        match_labels.append(labels)
-        chunk_best_iou.append(iou.max(dim=1).values)
-    matched_idxs = torch.cat(matched_idxs)
-    match_labels = torch.cat(match_labels)
-
-    if matcher.allow_low_quality_matches:
-        best_iou_per_gt = torch.stack(chunk_best_iou).max(dim=0).values  # (M,)
-        for start, chunk_best in zip(starts, chunk_best_iou):
-            if not (chunk_best == best_iou_per_gt).any():
-                continue
-            iou = pairwise_iou(gt_boxes, anchors[start : start + chunk_size])
-            is_best_for_a_gt = (iou == best_iou_per_gt[:, None]).any(dim=0)
-            match_labels[start : start + chunk_size][is_best_for_a_gt] = 1
-    return matched_idxs, match_labels
-
 
 @META_ARCH_REGISTRY.register()
 class FocalLossRetinaNet(DenseDetector):
@@ -409,126 +349,17 @@ class FocalLossRetinaNet(DenseDetector):
         )
         return candidates[keep[: self.max_detections_per_image]]
 
-    def _decode_per_level_predictions(
-        self,
-        anchors: Boxes,
-        pred_scores: Tensor,
-        pred_deltas: Tensor,
-        score_thresh: float,
-        topk_candidates: int,
-        image_size: Tuple[int, int],
-    ) -> Instances:
-        """
-        Detectron2's decoding of one level, with the same results: the (anchor, class) pairs
-        above the threshold, the top-k of them, their boxes. The pairs are found as flat indices
-        into the ``(R, K)`` scores and split into anchor and class for the top-k only, where
-        Detectron2's 2-D ``nonzero`` writes two indices for every pair above the threshold (the
-        bulk of post-processing when many pass it).
-
-        Args:
-            anchors: the level's R anchors.
-            pred_scores: ``(R, K)`` class probabilities.
-            pred_deltas: ``(R, 4)`` box deltas.
-            score_thresh: scores must be above it.
-            topk_candidates: the most pairs kept.
-            image_size: (height, width) of the image as fed to the network.
-
-        Returns:
-            Instances with "pred_boxes", "scores" and "pred_classes", best first.
-        """
-        num_classes = pred_scores.shape[1]
-        flat_scores = pred_scores.flatten()
-        candidate_idxs = torch.nonzero(flat_scores > score_thresh).squeeze(1)
-        scores, order = flat_scores[candidate_idxs].topk(min(len(candidate_idxs), topk_candidates))
-        flat_idxs = candidate_idxs[order]
-        anchor_idxs = flat_idxs // num_classes
-        pred_boxes = self.box2box_transform.apply_deltas(
-            pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs]
-        )
-        return Instances(
-            image_size,
-            pred_boxes=Boxes(pred_boxes),
-            scores=scores,
-            pred_classes=flat_idxs % num_classes,
-        )
-
     # ------------------------------------------------------------------------------------------
     # Checkpoints
     # ------------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        self._rename_caffe2_retinanet_keys(state_dict, prefix)
+        rename_caffe2_retinanet_keys(state_dict, prefix, self.head)
         # Detectron2 RetinaNet checkpoints have no normalizer buffer: start the average afresh,
         # as Detectron2 does, instead of reporting a missing key.
         state_dict.setdefault(
             prefix + "loss_normalizer_ema", self.loss_normalizer_ema.detach().clone()
         )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _rename_caffe2_retinanet_keys(self, state_dict: Dict[str, Tensor], prefix: str) -> None:
-        tower_conv_names = {
-            tower: _conv_child_names(getattr(self.head, f"{tower}_subnet", None))
-            for tower in ("cls", "bbox")
-        }
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            new_name = _caffe2_retinanet_name(key[len(prefix) :], tower_conv_names)
-            if new_name is not None and prefix + new_name not in state_dict:
-                state_dict[prefix + new_name] = state_dict.pop(key)
-
-
-def _conv_child_names(tower: Optional[nn.Module]) -> List[str]:
-    """Names of the convs of a head tower, in order (the tower may interleave norm layers)."""
-    if tower is None:
-        return []
-    return [name for name, child in tower.named_children() if isinstance(child, nn.Conv2d)]
-
-
-def _caffe2_retinanet_name(name: str, tower_conv_names: Dict[str, List[str]]) -> Optional[str]:
-    """
-    Returns:
-        our parameter name for a Detectron (Caffe2) RetinaNet key left unmatched by Detectron2's
-        conversion, or None when ``name`` is not one.
-    """
-    for pattern, replacement in _CAFFE2_RETINANET_KEYS:
-        if pattern.match(name):
-            return pattern.sub(replacement, name)
-    tower_match = _CAFFE2_RETINANET_TOWER_KEY.match(name)
-    if tower_match is None:
-        return None
-    tower, conv_idx, param = tower_match.groups()
-    conv_names = tower_conv_names[tower]
-    if int(conv_idx) >= len(conv_names):
-        return None
-    return f"head.{tower}_subnet.{conv_names[int(conv_idx)]}.{param}"
-
-
-def build_anchor_matcher(
-    iou_thresholds: Sequence[float], iou_labels: Sequence[int], allow_low_quality_matches: bool
-) -> Matcher:
-    """
-    Detectron2's ``Matcher``, after checking the config values with messages that name the keys.
-
-    Args:
-        iou_thresholds: increasing IoU thresholds in (0, 1], e.g. [0.4, 0.5].
-        iou_labels: one label in {-1, 0, 1} per interval, e.g. [0, -1, 1].
-        allow_low_quality_matches: give each GT box its best anchors even below the threshold.
-    """
-    thresholds = [float(t) for t in iou_thresholds]
-    if (
-        not thresholds
-        or any(not 0.0 < t <= 1.0 for t in thresholds)
-        or any(lo > hi for lo, hi in zip(thresholds[:-1], thresholds[1:]))
-    ):
-        raise ValueError(
-            f"MODEL.RETINANET.IOU_THRESHOLDS must be non-decreasing values in (0, 1] (the paper: "
-            f"[0.4, 0.5]), got {list(iou_thresholds)}."
-        )
-    labels = [int(label) for label in iou_labels]
-    if len(labels) != len(thresholds) + 1 or any(label not in (-1, 0, 1) for label in labels):
-        raise ValueError(
-            f"MODEL.RETINANET.IOU_LABELS must have len(IOU_THRESHOLDS) + 1 = {len(thresholds) + 1} "
-            f"values in {{-1, 0, 1}} (the paper: [0, -1, 1]), got {list(iou_labels)}."
-        )
-    return Matcher(thresholds, labels, allow_low_quality_matches=bool(allow_low_quality_matches))
 
 
 def build_box2box_transform(weights: Sequence[float]) -> Box2BoxTransform:
@@ -560,58 +391,26 @@ def _validate_meta_arch_params(
     test_nms_thresh: float,
     max_detections_per_image: int,
 ) -> None:
+    rf, r = "MODEL.RETINANET_FL.", "MODEL.RETINANET."
+    # fmt: off
     checks = [
-        (num_classes >= 1, "MODEL.RETINANET.NUM_CLASSES", num_classes, ">= 1"),
-        (
-            box_reg_loss_type in BOX_REG_LOSS_TYPES,
-            "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
-            box_reg_loss_type,
-            f"one of {BOX_REG_LOSS_TYPES}",
-        ),
-        (
-            math.isfinite(smooth_l1_beta) and smooth_l1_beta >= 0,
-            "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA",
-            smooth_l1_beta,
-            ">= 0 (0 is the L1 loss)",
-        ),
-        (
-            loss_normalizer in LOSS_NORMALIZERS,
-            "MODEL.RETINANET_FL.LOSS_NORMALIZER",
-            loss_normalizer,
-            f"one of {LOSS_NORMALIZERS}",
-        ),
-        (
-            0.0 <= loss_normalizer_momentum < 1.0,
-            "MODEL.RETINANET_FL.LOSS_NORMALIZER_MOMENTUM",
-            loss_normalizer_momentum,
-            "in [0, 1)",
-        ),
-        (iou_chunk_size >= 1, "MODEL.RETINANET_FL.IOU_CHUNK_SIZE", iou_chunk_size, ">= 1"),
-        (
-            0.0 <= test_score_thresh < 1.0,
-            "MODEL.RETINANET.SCORE_THRESH_TEST",
-            test_score_thresh,
-            "in [0, 1)",
-        ),
-        (
-            test_topk_candidates >= 1,
-            "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
-            test_topk_candidates,
-            ">= 1",
-        ),
-        (
-            0.0 < test_nms_thresh <= 1.0,
-            "MODEL.RETINANET.NMS_THRESH_TEST",
-            test_nms_thresh,
-            "in (0, 1]",
-        ),
-        (
-            max_detections_per_image >= 1,
-            "TEST.DETECTIONS_PER_IMAGE",
-            max_detections_per_image,
-            ">= 1",
-        ),
+        (num_classes >= 1, r + "NUM_CLASSES", num_classes, ">= 1"),
+        (box_reg_loss_type in BOX_REG_LOSS_TYPES, r + "BBOX_REG_LOSS_TYPE", box_reg_loss_type,
+         f"one of {BOX_REG_LOSS_TYPES}"),
+        (math.isfinite(smooth_l1_beta) and smooth_l1_beta >= 0, r + "SMOOTH_L1_LOSS_BETA",
+         smooth_l1_beta, ">= 0 (0 is the L1 loss)"),
+        (loss_normalizer in LOSS_NORMALIZERS, rf + "LOSS_NORMALIZER", loss_normalizer,
+         f"one of {LOSS_NORMALIZERS}"),
+        (0.0 <= loss_normalizer_momentum < 1.0, rf + "LOSS_NORMALIZER_MOMENTUM",
+         loss_normalizer_momentum, "in [0, 1)"),
+        (iou_chunk_size >= 1, rf + "IOU_CHUNK_SIZE", iou_chunk_size, ">= 1"),
+        (0.0 <= test_score_thresh < 1.0, r + "SCORE_THRESH_TEST", test_score_thresh, "in [0, 1)"),
+        (test_topk_candidates >= 1, r + "TOPK_CANDIDATES_TEST", test_topk_candidates, ">= 1"),
+        (0.0 < test_nms_thresh <= 1.0, r + "NMS_THRESH_TEST", test_nms_thresh, "in (0, 1]"),
+        (max_detections_per_image >= 1, "TEST.DETECTIONS_PER_IMAGE", max_detections_per_image,
+         ">= 1"),
     ]
+    # fmt: on
     for ok, key, value, allowed in checks:
         if not ok:
             raise ValueError(f"{key} must be {allowed}, got {value!r}.")

@@ -15,9 +15,11 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_fl  # noqa: F401  registers FocalLossRetinaNet
 from retinanet_fl import get_cfg
+from retinanet_fl.modeling import matching as matching_module
 from retinanet_fl.modeling import meta_arch as meta_arch_module
 from retinanet_fl.modeling.anchors import OctaveAnchorGenerator
-from retinanet_fl.modeling.meta_arch import FocalLossRetinaNet, build_anchor_matcher, match_anchors
+from retinanet_fl.modeling.matching import build_anchor_matcher, match_anchors
+from retinanet_fl.modeling.meta_arch import FocalLossRetinaNet
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 3
@@ -310,13 +312,13 @@ def test_chunked_labelling_equals_unchunked_and_bounds_iou_size(monkeypatch):
     gt_boxes = Boxes(boxes)
 
     largest_iou_columns = []
-    real_pairwise_iou = meta_arch_module.pairwise_iou
+    real_pairwise_iou = matching_module.pairwise_iou
 
     def spy(a, b):
         largest_iou_columns.append(len(b))
         return real_pairwise_iou(a, b)
 
-    monkeypatch.setattr(meta_arch_module, "pairwise_iou", spy)
+    monkeypatch.setattr(matching_module, "pairwise_iou", spy)
     for low_quality in (True, False):
         matcher = Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=low_quality)
         expected_idxs, expected_labels = matcher(real_pairwise_iou(gt_boxes, anchors))
