@@ -6,6 +6,8 @@ setup(
     description="RetinaNet and the Focal Loss (Lin et al.) as a Detectron2 extension",
     python_requires=">=3.9",
     packages=find_packages(include=["retinanet_fl", "retinanet_fl.*"]),
+    # retinanet_fl/configs links to the repository's configs/; wheels get copies of the files.
+    package_data={"retinanet_fl": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*/*.yaml"]},
     # torch, torchvision and detectron2 come first from `make install` (see README): torch's build
     # depends on the machine, and detectron2 is not on PyPI.
     install_requires=[

@@ -1,54 +1,6 @@
 #!/usr/bin/env python
-"""
-Train or evaluate FocalLossRetinaNet with Detectron2's trainer, in Detectron2's train_net.py style.
-
-    python train_net.py --config-file configs/retinanet_R50_FPN.yaml --num-gpus 8
-    python train_net.py --config-file configs/retinanet_R50_FPN.yaml --eval-only MODEL.WEIGHTS model.pth
-    python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
-    torchrun --nproc_per_node 2 train_net.py --config-file ...
-
-Without CUDA, ``--num-gpus N`` runs N worker processes on the CPU with gloo.
-"""
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
-
-import retinanet_fl  # noqa: F401  registers our model, anchors, head, losses and datasets
-from retinanet_fl.config import load_config
-from retinanet_fl.engine import AtomicCheckpointer, Trainer, launch
-
-
-def setup(args):
-    cfg = load_config(args.config_file, args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    # Our modules log what the data checks dropped and what the config validation warns about.
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="retinanet_fl")
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        verify_results(cfg, results)
-        return results
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
-
+"""Detectron2's ``train_net.py`` for this project; see :mod:`retinanet_fl.train_net`."""
+from retinanet_fl.train_net import cli
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    cli()

@@ -46,8 +46,6 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     # "compiled" (one fused kernel through torch.compile) or "eager" (closed form, no compile step).
     _C.MODEL.RETINANET_FL.LOSS_KERNEL = "compiled"
 
-    # Head: a name in RETINANET_FL_HEAD_REGISTRY.
-    _C.MODEL.RETINANET_FL.HEAD_NAME = "RetinaNetFocalHead"
     # Initialise the classification bias to -log((1 - π) / π) with π = MODEL.RETINANET.PRIOR_PROB;
     # False sets it to 0 (the "no prior" ablation).
     _C.MODEL.RETINANET_FL.USE_PRIOR_INIT = True

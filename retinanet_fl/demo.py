@@ -12,12 +12,12 @@ import time
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-import retinanet_fl
+import retinanet_fl  # noqa: F401  registers the synthetic datasets
 from retinanet_fl.config import load_config
+from retinanet_fl.model_zoo import get_config_file
 from retinanet_fl.predict import list_images, predict_images
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(retinanet_fl.__file__)))
-DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_FPN_synthetic.yaml")
+DEMO_CONFIG_NAME = "synthetic/retinanet_R18_FPN_synthetic.yaml"
 NUM_PICTURES = 8
 
 
@@ -31,14 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     opts = ["OUTPUT_DIR", args.output_dir, "MODEL.DEVICE", "cpu"] + list(args.opts)
-    cfg = load_config(DEMO_CONFIG, opts)
+    config_file = get_config_file(DEMO_CONFIG_NAME)
+    cfg = load_config(config_file, opts)
     start = time.perf_counter()
 
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         print(f"[demo] dataset {name}: {len(DatasetCatalog.get(name))} images (generated on first use)")
 
-    print(f"[demo] training {os.path.relpath(DEMO_CONFIG, REPO_ROOT)} on the CPU, then evaluating with COCOEvaluator")
-    command = [sys.executable, os.path.join(REPO_ROOT, "train_net.py"), "--config-file", DEMO_CONFIG, *opts]
+    print(f"[demo] training configs/{DEMO_CONFIG_NAME} on the CPU, then evaluating with COCOEvaluator")
+    command = [sys.executable, "-m", "retinanet_fl.train_net", "--config-file", config_file, *opts]
     subprocess.run(command, check=True)
 
     pictures_dir = os.path.join(args.output_dir, "pictures")

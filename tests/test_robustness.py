@@ -3,7 +3,6 @@ Robustness of FocalLossRetinaNet and its Trainer: config mistakes caught at buil
 infinite losses stopping training with the term named, and the cases of Detectron2's RetinaNet
 end-to-end tests (non-finite predictions at inference, autocast) run against our model.
 """
-import importlib.util
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 import retinanet_fl  # noqa: F401  registers the model and the datasets
+from retinanet_fl import train_net
 from retinanet_fl.config import load_config
 from retinanet_fl.engine import checks
 from retinanet_fl.engine.trainer import Trainer
@@ -100,8 +100,6 @@ def train_cfg(dataset_name, output_dir, *opts):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("MODEL.RETINANET_FL.HEAD_NAME", "FancyHead",
-         r"HEAD_NAME = 'FancyHead' is not a registered head; choose one of \['RetinaNetFocalHead'\]"),
         ("MODEL.RETINANET_FL.CLS_LOSS", "dice", "CLS_LOSS = 'dice' is not a registered classification loss"),
         ("MODEL.RETINANET.NORM", "BatchNorm",
          r"NORM must be one of \('', 'BN', 'SyncBN', 'FrozenBN', 'GN', 'LN'\) .*got 'BatchNorm'"),
@@ -186,15 +184,12 @@ def test_num_classes_of_a_coco_json_is_checked_once_loaded(tiny_images, tmp_path
 
 @pytest.fixture
 def train_net_module(monkeypatch):
-    """train_net.py as a module; the loggers its setup configures are restored afterwards."""
+    """retinanet_fl.train_net; the loggers its setup configures are restored afterwards."""
     for name in ("detectron2", "fvcore", "retinanet_fl"):
         logger = logging.getLogger(name)
         monkeypatch.setattr(logger, "propagate", logger.propagate)
         monkeypatch.setattr(logger, "handlers", list(logger.handlers))
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_net
 
 
 def test_eval_only_checks_num_classes_before_loading_weights(train_net_module, tmp_path):
@@ -246,6 +241,15 @@ def test_our_keys_that_the_model_does_not_read_warn(opts, unused, check_warnings
     checks.check_model_config(small_cfg(*opts))
     messages = check_warnings()
     assert len(messages) == 1 and unused in messages[0], messages
+
+
+def test_octave_anchor_keys_are_read_under_detectron2_retinanet(check_warnings):
+    # Detectron2's RetinaNet builds OctaveAnchorGenerator through the registry: it reads
+    # ANCHOR_SCALE, while the rest of MODEL.RETINANET_FL is unread.
+    cfg = small_cfg("MODEL.META_ARCHITECTURE", "RetinaNet", "MODEL.RETINANET_FL.ANCHOR_SCALE", "3.0")
+    checks.check_model_config(cfg)
+    (message,) = check_warnings()
+    assert "LOSS_NORMALIZER" in message and "ANCHOR_SCALE" not in message
 
 
 def test_anchor_sizes_that_octave_anchors_ignore_warn(check_warnings):

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..config import get_cfg
 from ..modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes
+from ..modeling.cls_losses import CLS_LOSS_REGISTRY
 
 __all__ = [
     "RETINANET_META_ARCHITECTURES",
@@ -38,12 +39,6 @@ logger = logging.getLogger(__name__)
 # Meta-architectures that read MODEL.RETINANET (ours and Detectron2's).
 RETINANET_META_ARCHITECTURES = ("FocalLossRetinaNet", "RetinaNet")
 
-# Our keys read only by one classification loss (MODEL.RETINANET_FL.CLS_LOSS).
-_LOSS_ONLY_KEYS = {
-    "focal_star": ("FOCAL_STAR_GAMMA", "FOCAL_STAR_BETA"),
-    "ohem": ("OHEM_BATCH_SIZE_PER_IMAGE", "OHEM_NMS_THRESH", "OHEM_NEG_POS_RATIO"),
-}
-_OCTAVE_ONLY_KEYS = ("ANCHOR_SCALE", "ANCHOR_SCALES_PER_OCTAVE")
 # Keys a RetinaNet reads under MODEL.RETINANET that Detectron2 also has under MODEL.ROI_HEADS.
 _ROI_HEADS_TWINS = ("SCORE_THRESH_TEST", "NMS_THRESH_TEST", "NUM_CLASSES")
 
@@ -115,31 +110,37 @@ def _warn_unread_roi_heads_keys(cfg: CfgNode) -> None:
 
 
 def _warn_unread_retinanet_fl_keys(cfg: CfgNode) -> None:
+    """
+    Warn about changed MODEL.RETINANET_FL keys that nothing built from ``cfg`` reads. Which
+    component reads which key is declared by the component (``RETINANET_FL_KEYS``).
+    """
     ours, defaults = cfg.MODEL.RETINANET_FL, get_cfg().MODEL.RETINANET_FL
     changed = [key for key in defaults if ours[key] != defaults[key]]
-    if not changed:
-        return
+    anchor_keys = OctaveAnchorGenerator.RETINANET_FL_KEYS
+    anchor_generator = cfg.MODEL.ANCHOR_GENERATOR.NAME
+    if anchor_generator != OctaveAnchorGenerator.__name__:
+        _warn_unread(
+            [key for key in anchor_keys if key in changed],
+            f"only MODEL.ANCHOR_GENERATOR.NAME 'OctaveAnchorGenerator' reads them, and it is "
+            f"{anchor_generator!r} (which reads MODEL.ANCHOR_GENERATOR.SIZES)",
+        )
+    model_keys = [key for key in changed if key not in anchor_keys]
     meta_architecture = cfg.MODEL.META_ARCHITECTURE
     if meta_architecture != "FocalLossRetinaNet":
         _warn_unread(
-            changed,
+            model_keys,
             f"MODEL.META_ARCHITECTURE is {meta_architecture!r}, which reads none of "
-            "MODEL.RETINANET_FL; use 'FocalLossRetinaNet' for them to take effect",
+            "MODEL.RETINANET_FL (but the anchor keys, through OctaveAnchorGenerator); use "
+            "'FocalLossRetinaNet' for them to take effect",
         )
         return
-    for loss_name, keys in _LOSS_ONLY_KEYS.items():
+    for loss_name, loss_class in CLS_LOSS_REGISTRY:
         if ours.CLS_LOSS != loss_name:
             _warn_unread(
-                [key for key in keys if key in changed],
+                [key for key in loss_class.RETINANET_FL_KEYS if key in model_keys],
                 f"only MODEL.RETINANET_FL.CLS_LOSS {loss_name!r} reads them, and it is "
                 f"{ours.CLS_LOSS!r}",
             )
-    if cfg.MODEL.ANCHOR_GENERATOR.NAME != OctaveAnchorGenerator.__name__:
-        _warn_unread(
-            [key for key in _OCTAVE_ONLY_KEYS if key in changed],
-            f"only MODEL.ANCHOR_GENERATOR.NAME 'OctaveAnchorGenerator' reads them, and it is "
-            f"{cfg.MODEL.ANCHOR_GENERATOR.NAME!r} (which reads MODEL.ANCHOR_GENERATOR.SIZES)",
-        )
 
 
 def _warn_unread(keys: Sequence[str], reason: str) -> None:

@@ -54,6 +54,9 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
     output format are those of :class:`DefaultAnchorGenerator`.
     """
 
+    # The MODEL.RETINANET_FL keys it reads (checked for unread settings by engine/checks.py).
+    RETINANET_FL_KEYS = ("ANCHOR_SCALE", "ANCHOR_SCALES_PER_OCTAVE")
+
     @configurable
     def __init__(
         self,

@@ -41,26 +41,30 @@ __all__ = [
     "ohem_select",
 ]
 
-CLS_LOSS_REGISTRY = Registry("CLS_LOSS")
+class _NamedRegistry(Registry):
+    """Detectron2's registry, with entries named by the config value (``"focal"``) rather than
+    by the class name."""
+
+    def register_as(self, name: str):
+        def decorator(cls):
+            self._do_register(name, cls)
+            return cls
+
+        return decorator
+
+
+CLS_LOSS_REGISTRY = _NamedRegistry("CLS_LOSS")
 CLS_LOSS_REGISTRY.__doc__ = """
 Registry for classification losses, selected by ``MODEL.RETINANET_FL.CLS_LOSS``.
 
 A registered object is called with ``cfg`` and returns an ``nn.Module`` whose
 ``forward(pred_logits (N, R, K), gt_labels (N, R), anchors (R, 4))`` returns the fp32 summed loss.
+Its ``RETINANET_FL_KEYS`` names the MODEL.RETINANET_FL keys that only it reads.
 """
 
 _GAMMA_KEY = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"
 _ALPHA_KEY = "MODEL.RETINANET.FOCAL_LOSS_ALPHA"
 _KERNEL_KEY = "MODEL.RETINANET_FL.LOSS_KERNEL"
-
-
-def _register(name: str):
-    # Registry.register() names an object after its class; the config uses short names.
-    def decorator(cls):
-        CLS_LOSS_REGISTRY._do_register(name, cls)
-        return cls
-
-    return decorator
 
 
 def build_cls_loss(cfg) -> nn.Module:
@@ -91,9 +95,11 @@ def _flatten(pred_logits: Tensor, gt_labels: Tensor) -> Tuple[Tensor, Tensor]:
     return pred_logits.flatten(0, 1), gt_labels.flatten()
 
 
-@_register("focal")
+@CLS_LOSS_REGISTRY.register_as("focal")
 class FocalClsLoss(nn.Module):
     """The focal loss summed over all non-ignored anchors and classes (paper §3.2)."""
+
+    RETINANET_FL_KEYS = ()
 
     @configurable
     def __init__(self, *, gamma: float = 2.0, alpha: float = 0.25, kernel: str = "compiled"):
@@ -135,7 +141,7 @@ class FocalClsLoss(nn.Module):
         return f"gamma={self.gamma}, alpha={self.alpha}, kernel={self.kernel!r}"
 
 
-@_register("ce")
+@CLS_LOSS_REGISTRY.register_as("ce")
 class CrossEntropyClsLoss(FocalClsLoss):
     """Sigmoid cross entropy (the focal loss with γ = 0), α-balanced when α ≥ 0 (Table 1a)."""
 
@@ -153,9 +159,11 @@ class CrossEntropyClsLoss(FocalClsLoss):
         return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, "kernel": _kernel_from_config(cfg)}
 
 
-@_register("focal_star")
+@CLS_LOSS_REGISTRY.register_as("focal_star")
 class FocalStarClsLoss(nn.Module):
     """FL* = -α_t log(sigmoid(γ x_t + β)) / γ (appendix A, Table 3)."""
+
+    RETINANET_FL_KEYS = ("FOCAL_STAR_GAMMA", "FOCAL_STAR_BETA")
 
     @configurable
     def __init__(
@@ -266,7 +274,7 @@ def ohem_select(
         prefix = min(2 * prefix, len(candidates))
 
 
-@_register("ohem")
+@CLS_LOSS_REGISTRY.register_as("ohem")
 class OHEMClsLoss(nn.Module):
     """
     Cross entropy over the examples kept by online hard example mining (paper Table 1d).
@@ -280,6 +288,8 @@ class OHEMClsLoss(nn.Module):
     gradient at all. The meta-architecture divides this sum by the same normalizer as for the
     focal loss (the number of foreground anchors), so the loss weights of FL and OHEM compare.
     """
+
+    RETINANET_FL_KEYS = ("OHEM_BATCH_SIZE_PER_IMAGE", "OHEM_NMS_THRESH", "OHEM_NEG_POS_RATIO")
 
     @configurable
     def __init__(

@@ -1,4 +1,4 @@
-"""The RetinaNet head (paper §4, Figure 3 (c)(d)) and its registry.
+"""The RetinaNet head (paper §4, Figure 3 (c)(d)).
 
 Two towers of ``NUM_CONVS`` 3×3 convs with ReLU, one for classification and one for boxes, shared
 across pyramid levels and sharing no weights with each other; the classification tower ends in a
@@ -13,23 +13,9 @@ from typing import List, Tuple
 from detectron2.config import configurable
 from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
-from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-__all__ = [
-    "RETINANET_FL_HEAD_REGISTRY",
-    "RetinaNetFocalHead",
-    "build_retinanet_fl_head",
-    "prior_bias",
-]
-
-RETINANET_FL_HEAD_REGISTRY = Registry("RETINANET_FL_HEAD")
-RETINANET_FL_HEAD_REGISTRY.__doc__ = """
-Registry for RetinaNet heads: modules that map a list of per-level features to per-level
-classification logits ``(N, A×K, Hi, Wi)`` and box deltas ``(N, A×4, Hi, Wi)``.
-
-The registered object is called with ``obj(cfg, input_shape)``.
-"""
+__all__ = ["RetinaNetFocalHead", "prior_bias"]
 
 # Detectron2's per-level batch norm: one set of statistics per pyramid level, shared convs.
 _PER_LEVEL_BN = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
@@ -58,7 +44,6 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1.0 - prior_prob) / prior_prob)
 
 
-@RETINANET_FL_HEAD_REGISTRY.register()
 class RetinaNetFocalHead(nn.Module):
     """
     Classification and box subnets of RetinaNet, applied to every pyramid level.
@@ -184,17 +169,3 @@ def _validate_head_params(input_shape, num_classes, num_anchors, num_convs, norm
             f"(MODEL.FPN.OUT_CHANNELS) must be a multiple of {_GN_GROUPS}, got "
             f"{input_shape[0].channels}."
         )
-
-
-def build_retinanet_fl_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
-    """
-    Build the head named by ``cfg.MODEL.RETINANET_FL.HEAD_NAME``.
-    """
-    name = cfg.MODEL.RETINANET_FL.HEAD_NAME
-    if name not in RETINANET_FL_HEAD_REGISTRY:
-        registered = sorted(key for key, _ in RETINANET_FL_HEAD_REGISTRY)
-        raise KeyError(
-            f"MODEL.RETINANET_FL.HEAD_NAME = {name!r} is not a registered head; choose one of "
-            f"{registered}, or register yours with @RETINANET_FL_HEAD_REGISTRY.register()."
-        )
-    return RETINANET_FL_HEAD_REGISTRY.get(name)(cfg, input_shape)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss
-from .head import build_retinanet_fl_head
+from .head import RetinaNetFocalHead
 from .matching import build_anchor_matcher, match_anchors
 
 __all__ = ["FocalLossRetinaNet"]
@@ -146,7 +146,7 @@ class FocalLossRetinaNet(DenseDetector):
         feature_shapes = [backbone_shape[f] for f in in_features]
         return {
             "backbone": backbone,
-            "head": build_retinanet_fl_head(cfg, feature_shapes),
+            "head": RetinaNetFocalHead(cfg, feature_shapes),
             "head_in_features": in_features,
             "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": build_box2box_transform(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),

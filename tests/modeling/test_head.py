@@ -8,12 +8,7 @@ from torch import nn
 
 import retinanet_fl  # noqa: F401  registers the head and anchor generator
 from retinanet_fl import get_cfg
-from retinanet_fl.modeling.head import (
-    RETINANET_FL_HEAD_REGISTRY,
-    RetinaNetFocalHead,
-    build_retinanet_fl_head,
-    prior_bias,
-)
+from retinanet_fl.modeling.head import RetinaNetFocalHead, prior_bias
 
 SHAPES = [ShapeSpec(channels=32, stride=s) for s in (8, 16, 32, 64, 128)]
 
@@ -24,13 +19,12 @@ def small_head(**kwargs):
     return RetinaNetFocalHead(**params)
 
 
-def test_registered_and_built_from_config():
-    assert RETINANET_FL_HEAD_REGISTRY.get("RetinaNetFocalHead") is RetinaNetFocalHead
+def test_built_from_config():
     cfg = get_cfg()
     cfg.MODEL.ANCHOR_GENERATOR.NAME = "OctaveAnchorGenerator"
     cfg.MODEL.RETINANET.NUM_CLASSES = 7
     cfg.MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE = 2
-    head = build_retinanet_fl_head(cfg, SHAPES)
+    head = RetinaNetFocalHead(cfg, SHAPES)
     # 4 towers convs + ReLU each; A = 2 scales x 3 ratios.
     assert len(head.cls_subnet) == len(head.bbox_subnet) == 8
     assert head.cls_score.out_channels == 6 * 7
