@@ -110,9 +110,9 @@ class FocalClsLoss(nn.Module):
             kernel: "compiled" or "eager"; see :mod:`retinanet_fl.layers.focal_loss`.
         """
         super().__init__()
-        self.gamma = check_gamma(gamma, name=_GAMMA_KEY)
-        self.alpha = check_alpha(alpha, name=_ALPHA_KEY)
-        self.kernel = check_kernel(kernel, name=_KERNEL_KEY)
+        self.gamma = check_gamma(gamma, name=f"gamma ({_GAMMA_KEY})")
+        self.alpha = check_alpha(alpha, name=f"alpha ({_ALPHA_KEY})")
+        self.kernel = check_kernel(kernel, name=f"kernel ({_KERNEL_KEY})")
 
     @classmethod
     def from_config(cls, cfg):
@@ -182,10 +182,10 @@ class FocalStarClsLoss(nn.Module):
             kernel: "compiled" or "eager".
         """
         super().__init__()
-        self.gamma = check_star_gamma(gamma, name="MODEL.RETINANET_FL.FOCAL_STAR_GAMMA")
-        self.beta = check_beta(beta, name="MODEL.RETINANET_FL.FOCAL_STAR_BETA")
-        self.alpha = check_alpha(alpha, name=_ALPHA_KEY)
-        self.kernel = check_kernel(kernel, name=_KERNEL_KEY)
+        self.gamma = check_star_gamma(gamma, name="gamma (MODEL.RETINANET_FL.FOCAL_STAR_GAMMA)")
+        self.beta = check_beta(beta, name="beta (MODEL.RETINANET_FL.FOCAL_STAR_BETA)")
+        self.alpha = check_alpha(alpha, name=f"alpha ({_ALPHA_KEY})")
+        self.kernel = check_kernel(kernel, name=f"kernel ({_KERNEL_KEY})")
 
     @classmethod
     def from_config(cls, cfg):
@@ -313,23 +313,23 @@ class OHEMClsLoss(nn.Module):
         super().__init__()
         if not (isinstance(batch_size_per_image, int) and batch_size_per_image > 0):
             raise ValueError(
-                "MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE must be an integer > 0, "
+                "batch_size_per_image (MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE) must be an integer > 0, "
                 f"got {batch_size_per_image!r}."
             )
         if not (0 < nms_thresh <= 1):
             raise ValueError(
-                f"MODEL.RETINANET_FL.OHEM_NMS_THRESH must be in (0, 1], got {nms_thresh}."
+                f"nms_thresh (MODEL.RETINANET_FL.OHEM_NMS_THRESH) must be in (0, 1], got {nms_thresh}."
             )
         if not (math.isfinite(neg_pos_ratio) and neg_pos_ratio >= 0):
             raise ValueError(
-                "MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO must be a finite number >= 0 "
+                "neg_pos_ratio (MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO) must be a finite number >= 0 "
                 f"(0 for no ratio, 3 for OHEM 1:3), got {neg_pos_ratio}."
             )
         self.batch_size_per_image = batch_size_per_image
         self.nms_thresh = float(nms_thresh)
         self.neg_pos_ratio = float(neg_pos_ratio)
-        self.alpha = check_alpha(alpha, name=_ALPHA_KEY)
-        self.kernel = check_kernel(kernel, name=_KERNEL_KEY)
+        self.alpha = check_alpha(alpha, name=f"alpha ({_ALPHA_KEY})")
+        self.kernel = check_kernel(kernel, name=f"kernel ({_KERNEL_KEY})")
 
     @classmethod
     def from_config(cls, cfg):
