@@ -2,7 +2,10 @@ import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from detectron2.modeling.anchor_generator import (
+    DefaultAnchorGenerator,
+    build_anchor_generator,
+)
 
 import retinanet_fl  # noqa: F401  registers OctaveAnchorGenerator
 from retinanet_fl import get_cfg

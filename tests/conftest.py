@@ -1,0 +1,102 @@
+"""
+Fixtures shared by the test modules: a small config of our paper model on the CPU, a tiny
+registered dataset, and the warnings of the config checks.
+"""
+import logging
+import uuid
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from PIL import Image
+
+import retinanet_fl  # noqa: F401  registers the model and the datasets
+from retinanet_fl.config import load_config
+from retinanet_fl.engine import checks
+from retinanet_fl.model_zoo import get_config_file
+
+CLASSES = ("circle", "square", "star")
+IMAGE_SIZE = 64
+
+
+def _small_cfg(*opts):
+    """Our paper config on an R-18-FPN with a one-conv head, on the CPU, without datasets."""
+    return load_config(get_config_file("Base-RetinaNet-FL.yaml"), [
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CONVS", "1",
+        "MODEL.RETINANET.NUM_CLASSES", str(len(CLASSES)),
+        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
+        *opts,
+    ])
+
+
+def _train_cfg(dataset_name, output_dir, *opts):
+    """``_small_cfg`` training 6 iterations of 2 images of ``IMAGE_SIZE`` px on a dataset."""
+    return _small_cfg(
+        "DATASETS.TRAIN", f"('{dataset_name}',)",
+        "MODEL.RESNETS.NORM", "BN",  # from scratch
+        "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", f"({IMAGE_SIZE},)",
+        "INPUT.MAX_SIZE_TRAIN", str(IMAGE_SIZE), "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(output_dir), "SEED", "0",
+        *opts,
+    )
+
+
+def _register_tiny(records, prefix="tiny"):
+    """Register ``records`` as a dataset with ``CLASSES``; returns its unique name."""
+    name = f"test_{prefix}_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: [dict(record) for record in records])
+    MetadataCatalog.get(name).set(thing_classes=list(CLASSES))
+    return name
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """``small_cfg(*opts)``: see ``_small_cfg``."""
+    return _small_cfg
+
+
+@pytest.fixture(scope="session")
+def train_cfg():
+    """``train_cfg(dataset_name, output_dir, *opts)``: see ``_train_cfg``."""
+    return _train_cfg
+
+
+@pytest.fixture(scope="session")
+def register_tiny():
+    """``register_tiny(records)``: see ``_register_tiny``."""
+    return _register_tiny
+
+
+@pytest.fixture
+def check_warnings(caplog, monkeypatch):
+    """The messages that retinanet_fl.engine.checks logs, whatever its loggers were set up to do."""
+    logger = logging.getLogger(checks.__name__)
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger=checks.__name__)
+    yield lambda: [r.getMessage() for r in caplog.records if r.name == checks.__name__]
+    logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory):
+    """Four random images with one or two boxes each, as Detectron2 dataset dicts."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    records = []
+    for image_id in range(4):
+        file_name = str(root / f"{image_id}.png")
+        Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(file_name)
+        annotations = [
+            {"bbox": [8.0 + 20 * k, 10.0, 24.0, 30.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": k}
+            for k in range(1 + image_id % 2)
+        ]
+        records.append({
+            "file_name": file_name, "image_id": image_id, "height": IMAGE_SIZE, "width": IMAGE_SIZE,
+            "annotations": annotations,
+        })
+    return root, records
