@@ -4,6 +4,7 @@ The command line: ``python -m retinanet_fl.benchmark {losses,train,inference,all
 Only this module sees the parsed arguments; the benchmarks take plain values.
 """
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -107,20 +108,8 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
             raise SystemExit(f"{option} must be at least {minimum}, got {value}.")
     if min(args.image_sizes) < 32 or min(batch_sizes) < 1:
         raise SystemExit("--image-sizes must be >= 32 px and batch sizes >= 1.")
-    return ModelOptions(
-        device=args.device,
-        image_sizes=args.image_sizes,
-        precisions=precisions,
-        iters=args.iters,
-        warmup=args.warmup,
-        threads=args.threads,
-        depth=args.depth,
-        num_classes=args.num_classes,
-        loss_kernel=args.loss_kernel,
-        memory_repeats=args.memory_repeats,
-        profile=args.profile,
-        seed=args.seed,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelOptions)}
+    return ModelOptions(**{**values, "precisions": precisions})
 
 
 def run_losses(args: argparse.Namespace) -> None:
@@ -197,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         if add_arguments is not None:
             add_arguments(sub)
     sub = subparsers.add_parser("render", help="print the Markdown report of results JSON files")
-    sub.add_argument("results", type=Path, nargs="+", help="train.json, inference.json, losses.json")
+    sub.add_argument("results", type=Path, nargs="+",
+                     help="train.json, inference.json and/or losses.json")
     sub.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
     return parser
 

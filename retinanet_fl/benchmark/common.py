@@ -24,10 +24,13 @@ from .results import (
     OURS,
     BenchmarkResults,
     InferenceEntry,
+    InferenceResults,
     Machine,
     OperatorTime,
     Profile,
+    Target,
     TrainEntry,
+    TrainResults,
     to_json,
 )
 
@@ -221,7 +224,7 @@ def measure_memory(
     }
     entry.memory_ratio_ours_vs_detectron2 = memory_ratio(entry.peak_memory_bytes)
     if memory is not None and memory.device.type == "cpu":
-        entry.peak_allocated_bytes = {name: cpu_allocator_peak(step) for name, step in steps.items()}
+        entry.peak_allocated_bytes = {name: cpu_allocator_peak(fn) for name, fn in steps.items()}
         entry.allocated_ratio_ours_vs_detectron2 = memory_ratio(entry.peak_allocated_bytes)
 
 
@@ -252,28 +255,44 @@ def cpu_allocator_peak(fn: Callable[[], object]) -> int:
     )
 
 
-def profile_steps(
-    entries: Sequence[Union[TrainEntry, InferenceEntry]],
+def finish_model_results(
+    results: Union[TrainResults, InferenceResults],
     all_steps: Sequence[Steps],
-    missed: Callable[[Union[TrainEntry, InferenceEntry]], bool],
-    default: int,
-    device: torch.device,
-) -> List[Profile]:
+    targets: Callable[[Union[TrainEntry, InferenceEntry]], Dict[str, Target]],
+    default_profile: int,
+    profile: bool,
+    memory_repeats: int,
+) -> None:
     """
-    Profile one call of every step in each setting that misses a time target, else in one.
+    Complete the timed settings of a model benchmark: profile one call of every step in each
+    setting that misses a time target (else in ``default_profile``), then measure memory (last:
+    on the CPU the measurement changes how glibc allocates, see :class:`PeakMemory`), evaluate
+    the targets, and record the load at the end.
 
     Args:
-        entries: the measured settings, with their timings.
+        results: the timed settings; their memory and targets, the profiles and the load are
+            filled in.
         all_steps: the steps of each setting.
-        missed: whether a setting misses a time target.
-        default: index of the setting to profile when none misses.
-        device: on CUDA the profile is of CUDA time, else of CPU time.
-
-    Returns:
-        The profiles: self time per operator of each step.
+        targets: the targets of a setting (before memory is measured: its time targets).
+        default_profile: index of the setting to profile when none misses a target.
+        profile: whether to profile.
+        memory_repeats: calls of each step for peak memory (0: not measured).
     """
-    indices = [index for index, entry in enumerate(entries) if missed(entry)] or [default]
-    return [_profile(entries[i], all_steps[i], device) for i in indices]
+    entries, device = results.entries, torch.device(results.machine.device)
+    if profile:
+        missed = [
+            index
+            for index, entry in enumerate(entries)
+            if not all(target.met for target in targets(entry).values())
+        ]
+        results.profiles = [
+            _profile(entries[i], all_steps[i], device) for i in missed or [default_profile]
+        ]
+    memory = PeakMemory(device) if memory_repeats else None
+    for entry, steps in zip(entries, all_steps):
+        measure_memory(entry, steps, memory, memory_repeats)
+        entry.targets = targets(entry)
+    record_load(results.machine)
 
 
 def _profile(

@@ -14,16 +14,7 @@ import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from torch import nn
 
-from .common import (
-    PeakMemory,
-    machine_info,
-    measure_memory,
-    medians,
-    profile_steps,
-    record_load,
-    synchronize,
-    time_interleaved,
-)
+from .common import finish_model_results, machine_info, medians, synchronize, time_interleaved
 from .fixtures import (
     ModelOptions,
     build_detectron2_pair,
@@ -234,30 +225,19 @@ def benchmark_inference(
                     _measure_setting(steps, options, image_size, batch_size, precision, seed)
                 )
                 all_steps.append(steps)
-    if options.profile:
-        # Where no time target is missed: the largest image size at the smallest batch.
-        default = max(
-            range(len(results.entries)),
-            key=lambda i: (
-                results.entries[i].image_size,
-                -results.entries[i].batch_size,
-                results.entries[i].precision == "fp32",
-            ),
-        )
-        results.profiles = profile_steps(
-            results.entries, all_steps, _misses_a_target, default, device
-        )
-    memory = PeakMemory(device) if options.memory_repeats else None
-    for entry, steps in zip(results.entries, all_steps):
-        measure_memory(entry, steps, memory, options.memory_repeats)
-        entry.targets = inference_targets(entry)
-    record_load(results.machine)
+    # Where no time target is missed, profile the largest image size at the smallest batch.
+    default_profile = max(
+        range(len(results.entries)),
+        key=lambda i: (
+            results.entries[i].image_size,
+            -results.entries[i].batch_size,
+            results.entries[i].precision == "fp32",
+        ),
+    )
+    finish_model_results(
+        results, all_steps, inference_targets, default_profile, options.profile, options.memory_repeats
+    )
     return results
-
-
-def _misses_a_target(entry: InferenceEntry) -> bool:
-    """Whether a setting misses a time target."""
-    return not all(target.met for target in inference_targets(entry).values())
 
 
 def _build_models(

@@ -294,8 +294,8 @@ def _train_miss(entry: TrainEntry) -> str:
         return (
             f"{setting}, Detectron2's classification loss is {share:.1%} of its step: even a loss "
             f"that took no time would give ours/D2 = {1 - share:.3f}, above the target "
-            f"{TRAIN_TIME_MAX_RATIO}; ours gives the bound {bound:.3f}. The rest of the step is the "
-            "same computation in both models (see the profile)."
+            f"{TRAIN_TIME_MAX_RATIO}; ours gives the bound {bound:.3f}. "
+            "The rest of the step is the same computation in both models (see the profile)."
         )
     if bound > TRAIN_TIME_MAX_RATIO:
         return (
@@ -320,7 +320,8 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
         The Markdown.
     """
     settings = results.settings
-    lines = _header(results, "Inference: FocalLossRetinaNet vs Detectron2 RetinaNet and torchvision")
+    title = "Inference: FocalLossRetinaNet vs Detectron2 RetinaNet and torchvision"
+    lines = _header(results, title)
     lines += [
         f"Forward: {settings.what}. torchvision: {settings.torchvision_model}, K = "
         f"{settings.num_classes}, its transform sized to the images (it still resamples "

@@ -119,7 +119,8 @@ def from_json(kind: Type[T], data: object) -> T:
                 values[f.name] = from_json(hints[f.name], data[key])
         return kind(**values)
     if origin is Union:
-        return None if data is None else from_json(next(a for a in args if a is not type(None)), data)
+        (value_kind,) = [arg for arg in args if arg is not type(None)]
+        return None if data is None else from_json(value_kind, data)
     if origin is list:
         return [from_json(args[0], item) for item in data]
     if origin is dict:

@@ -16,16 +16,7 @@ from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from .common import (
-    PeakMemory,
-    machine_info,
-    measure_memory,
-    medians,
-    profile_steps,
-    record_load,
-    synchronize,
-    time_interleaved,
-)
+from .common import finish_model_results, machine_info, medians, synchronize, time_interleaved
 from .fixtures import ModelOptions, build_detectron2_pair, detectron2_retinanet_cfg, make_batch
 from .loss_kernels import loss_step
 from .results import DETECTRON2, OURS, TrainEntry, TrainResults, TrainSettings
@@ -131,27 +122,15 @@ def benchmark_train(
         )
         results.entries.append(entry)
         all_steps.append(steps)
-    if options.profile:
-        # Where no time target is missed: the largest setting of the base batch in fp32.
-        default = max(
-            (i for i, e in enumerate(results.entries) if e.batch_size == batch_size),
-            key=lambda i: (results.entries[i].image_size, results.entries[i].precision == "fp32"),
-        )
-        results.profiles = profile_steps(
-            results.entries, all_steps, _misses_a_target, default, device
-        )
-    # Memory last: on the CPU the measurement changes how glibc allocates (see PeakMemory).
-    memory = PeakMemory(device) if options.memory_repeats else None
-    for entry, steps in zip(results.entries, all_steps):
-        measure_memory(entry, steps, memory, options.memory_repeats)
-        entry.targets = train_targets(entry)
-    record_load(results.machine)
+    # Where no time target is missed, profile the largest setting of the base batch in fp32.
+    default_profile = max(
+        (i for i, e in enumerate(results.entries) if e.batch_size == batch_size),
+        key=lambda i: (results.entries[i].image_size, results.entries[i].precision == "fp32"),
+    )
+    finish_model_results(
+        results, all_steps, train_targets, default_profile, options.profile, options.memory_repeats
+    )
     return results
-
-
-def _misses_a_target(entry: TrainEntry) -> bool:
-    """Whether a setting misses a target (before memory is measured: the time target)."""
-    return not all(target.met for target in train_targets(entry).values())
 
 
 def _measure_setting(
