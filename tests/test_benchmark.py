@@ -25,6 +25,7 @@ from retinanet_fl.benchmark.results import (
     DETECTRON2,
     OURS,
     TORCHVISION,
+    BenchmarkResults,
     InferenceResults,
     LossResults,
     TrainResults,
@@ -98,7 +99,7 @@ def reports(tmp_path_factory):
     return output_dir
 
 
-def _load_and_check(path: Path) -> object:
+def _load_and_check(path: Path) -> BenchmarkResults:
     """The results at ``path``; checks that they are written as the dataclasses write them, and
     that the Markdown beside them is what the renderer makes of them."""
     results = load_results(path)

@@ -92,6 +92,7 @@ class PeakMemory:
         self.available = device.type == "cuda" or self._setup_cpu()
 
     def _setup_cpu(self) -> bool:
+        """Tell glibc to map large allocations separately; returns whether the CPU is measurable."""
         if not (sys.platform.startswith("linux") and os.access("/proc/self/clear_refs", os.W_OK)):
             return False
         try:
@@ -103,6 +104,7 @@ class PeakMemory:
 
     @staticmethod
     def _status_bytes(key: str) -> int:
+        """The bytes of a ``/proc/self/status`` entry given in kB (``VmRSS``, ``VmHWM``)."""
         with open("/proc/self/status") as f:
             return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
 
@@ -183,7 +185,7 @@ def medians(times: Dict[str, List[float]]) -> Dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def memory_ratio(peaks: Dict[str, Optional[float]]) -> Optional[float]:
+def _memory_ratio(peaks: Dict[str, Optional[float]]) -> Optional[float]:
     """
     Args:
         peaks: model -> peak bytes (None: not measured).
@@ -222,10 +224,10 @@ def measure_memory(
         name: None if not values or None in values else statistics.median(values)
         for name, values in peaks.items()
     }
-    entry.memory_ratio_ours_vs_detectron2 = memory_ratio(entry.peak_memory_bytes)
+    entry.memory_ratio_ours_vs_detectron2 = _memory_ratio(entry.peak_memory_bytes)
     if memory is not None and memory.device.type == "cpu":
         entry.peak_allocated_bytes = {name: cpu_allocator_peak(fn) for name, fn in steps.items()}
-        entry.allocated_ratio_ours_vs_detectron2 = memory_ratio(entry.peak_allocated_bytes)
+        entry.allocated_ratio_ours_vs_detectron2 = _memory_ratio(entry.peak_allocated_bytes)
 
 
 def cpu_allocator_peak(fn: Callable[[], object]) -> int:

@@ -80,14 +80,17 @@ def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[
 
 
 def _ms(seconds: float) -> str:
+    """Milliseconds, with a decimal below 100 ms."""
     return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
 
 
 def _mib(value: Optional[float]) -> str:
+    """Bytes in MiB, or n/a."""
     return "n/a" if value is None else f"{value / MIB:.0f}"
 
 
 def _ratio(value: Optional[float]) -> str:
+    """A ratio with three decimals, or n/a."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -144,6 +147,7 @@ def _profile_lines(profile: Profile, rows: int) -> List[str]:
     totals = {name: sum(op.self_ms for op in ops[name].values()) for name in names}
 
     def self_ms(name: str, key: str) -> float:
+        """A model's self time of an operator; 0 where the model did not call it."""
         return ops[name][key].self_ms if key in ops[name] else 0.0
 
     keys = sorted(
