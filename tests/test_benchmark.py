@@ -1,25 +1,45 @@
-"""Smoke tests of the train and inference benchmarks: reports written, stages equal the forward.
+"""Smoke tests of the benchmarks: reports written and consistent with their results, stages equal
+the forward, the committed results read and rendered again unchanged.
 
 No timing is asserted: the numbers depend on the machine.
 """
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from retinanet_fl.benchmark.models import (
+from retinanet_fl.benchmark import main
+from retinanet_fl.benchmark.fixtures import (
+    build_detectron2_pair,
+    build_torchvision_retinanet,
+    detectron2_retinanet_cfg,
+    make_batch,
+)
+from retinanet_fl.benchmark.inference import dense_detector_stages, torchvision_stages
+from retinanet_fl.benchmark.loss_kernels import LOSS_METHODS
+from retinanet_fl.benchmark.report import render
+from retinanet_fl.benchmark.results import (
     DETECTRON2,
     OURS,
     TORCHVISION,
-    build_detectron2_pair,
-    build_torchvision_retinanet,
-    dense_detector_stages,
-    detectron2_retinanet_cfg,
-    make_batch,
-    torchvision_stages,
+    BenchmarkResults,
+    InferenceResults,
+    LossResults,
+    TrainResults,
+    load_results,
+    to_json,
 )
+from retinanet_fl.benchmark.targets import (
+    INFERENCE_TIME_MAX_RATIO,
+    TRAIN_MEMORY_MAX_RATIO,
+    TRAIN_TIME_MAX_RATIO,
+    evaluate,
+)
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 SMALL = ["--depth", "18", "--image-sizes", "64", "--iters", "1", "--warmup", "1", "--threads", "1"]
 
@@ -79,78 +99,123 @@ def reports(tmp_path_factory):
     return output_dir
 
 
+def _load_and_check(path: Path) -> BenchmarkResults:
+    """The results at ``path``; checks that they are written as the dataclasses write them, and
+    that the Markdown beside them is what the renderer makes of them."""
+    results = load_results(path)
+    assert json.dumps(to_json(results), indent=2) + "\n" == path.read_text()
+    assert render(results) == path.with_suffix(".md").read_text()
+    return results
+
+
 def test_train_report(reports):
-    results = json.loads((reports / "train.json").read_text())
-    (entry,) = results["entries"]
-    assert (entry["image_size"], entry["batch_size"], entry["precision"]) == (64, 2, "fp32")
-    assert results["machine"]["torch_threads"] >= 1
-    medians = entry["median_s"]
-    assert entry["time_ratio_ours_vs_detectron2"] == pytest.approx(
-        medians[OURS] / medians[DETECTRON2]
+    results = _load_and_check(reports / "train.json")
+    assert isinstance(results, TrainResults)
+    (entry,) = results.entries
+    assert (entry.image_size, entry.batch_size, entry.precision) == (64, 2, "fp32")
+    assert results.machine.torch_threads == results.settings.threads == 1
+    medians = entry.median_s
+    assert entry.time_ratio_ours_vs_detectron2 == pytest.approx(medians[OURS] / medians[DETECTRON2])
+    assert entry.images_per_s[OURS] == pytest.approx(2 / medians[OURS])
+    assert set(entry.phase_median_s[OURS]) == {"forward", "backward", "optimizer"}
+    # 9 anchors per location of P3-P7 (strides 8 to 128) on a 64 px image.
+    assert entry.num_anchors_per_image == 9 * (8 * 8 + 4 * 4 + 2 * 2 + 1 + 1)
+    loss = entry.cls_loss_median_s
+    assert entry.time_ratio_bound_from_cls_loss == pytest.approx(
+        1 - (loss[DETECTRON2] - loss[OURS]) / medians[DETECTRON2]
     )
-    assert set(entry["phase_median_s"][OURS]) == {"forward", "backward", "optimizer"}
-    assert entry["num_anchors_per_image"] > 0
-    assert entry["cls_loss_median_s"][OURS] > 0 and entry["cls_loss_median_s"][DETECTRON2] > 0
-    assert entry["time_ratio_bound_from_cls_loss"] > 0
     # Identical weights and inputs: the first iteration's losses agree.
-    for name, value in entry["first_iteration_losses"][DETECTRON2].items():
-        assert entry["first_iteration_losses"][OURS][name] == pytest.approx(value, rel=1e-4)
-    for key in ("peak_memory_bytes", "peak_allocated_bytes"):
-        assert entry[key][OURS] > 0 and entry[key][DETECTRON2] > 0
-    assert entry["memory_ratio_ours_vs_detectron2"] > 0
-    assert entry["allocated_ratio_ours_vs_detectron2"] > 0
-    assert {"time", "memory", "allocated memory"} <= set(entry["targets"])
-    assert results["profiles"]
-    for profile in results["profiles"]:
-        assert profile["ops"][OURS] and profile["ops"][DETECTRON2]
+    for name, value in entry.first_iteration_losses[DETECTRON2].items():
+        assert entry.first_iteration_losses[OURS][name] == pytest.approx(value, rel=1e-4)
+    for peaks, ratio in (
+        (entry.peak_memory_bytes, entry.memory_ratio_ours_vs_detectron2),
+        (entry.peak_allocated_bytes, entry.allocated_ratio_ours_vs_detectron2),
+    ):
+        assert peaks[OURS] > 0 and peaks[DETECTRON2] > 0
+        assert ratio == pytest.approx(peaks[OURS] / peaks[DETECTRON2])
+    assert {"time", "memory", "allocated memory"} == set(entry.targets)
+    time_target = entry.targets["time"]
+    assert time_target.ratio == entry.time_ratio_ours_vs_detectron2
+    assert time_target.met == (time_target.ratio <= TRAIN_TIME_MAX_RATIO)
+    assert entry.targets["memory"].target == f"<= {TRAIN_MEMORY_MAX_RATIO}"
+    assert results.profiles
+    for profile in results.profiles:
+        assert profile.ops[OURS] and profile.ops[DETECTRON2]
     markdown = (reports / "train.md").read_text()
     assert "ours/D2 time" in markdown and "## Targets" in markdown and "## Profile" in markdown
-    assert f"{entry['time_ratio_ours_vs_detectron2']:.3f}" in markdown
+    assert f"{entry.time_ratio_ours_vs_detectron2:.3f}" in markdown
 
 
 def test_inference_report(reports):
-    results = json.loads((reports / "inference.json").read_text())
-    (entry,) = results["entries"]
-    assert set(entry["median_s"]) == {OURS, DETECTRON2, TORCHVISION}
-    for ratio in ("time_ratio_ours_vs_detectron2", "time_ratio_ours_vs_torchvision"):
-        assert entry[ratio] > 0
-    assert set(entry["stage_median_s"][TORCHVISION]) == {"backbone", "head", "postprocess"}
-    assert entry["images_per_s"][OURS] == pytest.approx(1 / entry["median_s"][OURS])
-    assert all(count > 0 for count in entry["detections_per_image"][OURS])
-    assert {"time_vs_detectron2", "time_vs_torchvision"} == set(entry["targets"])
+    results = _load_and_check(reports / "inference.json")
+    assert isinstance(results, InferenceResults)
+    (entry,) = results.entries
+    medians = entry.median_s
+    assert set(medians) == {OURS, DETECTRON2, TORCHVISION}
+    for other, ratio in (
+        (DETECTRON2, entry.time_ratio_ours_vs_detectron2),
+        (TORCHVISION, entry.time_ratio_ours_vs_torchvision),
+    ):
+        assert ratio == pytest.approx(medians[OURS] / medians[other])
+    assert set(entry.stage_median_s[TORCHVISION]) == {"backbone", "head", "postprocess"}
+    assert entry.images_per_s[OURS] == pytest.approx(1 / medians[OURS])
+    assert entry.latency_per_image_s == pytest.approx(medians)
+    detections = entry.detections_per_image
+    assert all(count > 0 for count in detections[OURS])
+    # Identical weights and images: ours and Detectron2's keep the same detections.
+    assert detections[OURS] == detections[DETECTRON2]
+    assert {"time_vs_detectron2", "time_vs_torchvision"} == set(entry.targets)
+    assert entry.targets["time_vs_detectron2"].target == f"<= {INFERENCE_TIME_MAX_RATIO}"
     markdown = (reports / "inference.md").read_text()
     assert "ms / image" in markdown and "torchvision" in markdown and "## Targets" in markdown
 
 
 def test_amp_on_cpu_is_refused(tmp_path):
-    from retinanet_fl.benchmark import main
-
     with pytest.raises(SystemExit, match="CUDA only"):
         main(["train", *SMALL, "--precisions", "amp", "--output-dir", str(tmp_path)])
 
 
-def test_losses_benchmark_report(tmp_path):
-    from retinanet_fl.benchmark.losses import LOSS_METHODS
+@pytest.mark.parametrize("name", ["train", "inference", "losses"])
+def test_committed_results_render_unchanged(name, capsys):
+    """The committed JSON reads into the dataclasses and writes back byte for byte, and the
+    committed Markdown is what ``render`` prints from it."""
+    _load_and_check(COMMITTED / f"{name}.json")
+    main(["render", str(COMMITTED / f"{name}.json")])
+    assert capsys.readouterr().out == (COMMITTED / f"{name}.md").read_text()
 
+
+def test_targets():
+    assert evaluate(0.95, 0.95, "<=").met and not evaluate(1.0, 1.0, "<").met
+    missed = evaluate(1.25, 1.0, "<=")
+    assert (missed.met, missed.missed_by, missed.target) == (False, 0.25, "<= 1.0")
+    assert evaluate(0.5, 1.0, "<").missed_by == 0.0
+
+
+def test_losses_benchmark_report(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "retinanet_fl.benchmark", "losses", "--output-dir", str(tmp_path),
          "--sizes", "3000", "--num-classes", "5", "--repeats", "5"],
         check=True,
     )
-    results = json.loads((tmp_path / "losses.json").read_text())
-    (entry,) = results["sizes"]
-    assert set(entry["median_s"]) == set(LOSS_METHODS)
+    results = _load_and_check(tmp_path / "losses.json")
+    assert isinstance(results, LossResults)
+    (entry,) = results.sizes
+    assert set(entry.median_s) == set(LOSS_METHODS)
+    assert entry.reference == "fvcore_jit"
+    assert entry.speedup["ours_compiled"] == pytest.approx(
+        entry.median_s["fvcore_jit"] / entry.median_s["ours_compiled"]
+    )
     # Every loss method computes the same gradient.
-    gradient_l1 = entry["gradient_l1"]
+    gradient_l1 = entry.gradient_l1
     assert set(gradient_l1) == set(LOSS_METHODS) - {"logits_copy"}
     for method, value in gradient_l1.items():
         assert value == pytest.approx(gradient_l1["fvcore_jit"], rel=1e-5), method
-    assert set(entry["targets"]) == {
+    assert set(entry.targets) == {
         "compiled 20x faster than fvcore_jit",
         "compiled within 3x of a logits copy",
         "compiled extra memory at most one (R, K) fp32",
         "eager no slower than fvcore's eager",
     }
-    assert len(results["compile_s_per_new_setting"]) == 2
+    assert len(results.compile_s_per_new_setting) == 2
     report = (tmp_path / "losses.md").read_text()
     assert all(f"| {method} |" in report for method in LOSS_METHODS)

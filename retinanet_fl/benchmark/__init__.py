@@ -2,14 +2,20 @@
 Benchmarks (not tests): ``python -m retinanet_fl.benchmark {losses,train,inference,all} [options]``.
 
 Each benchmark writes ``<name>.json`` (every measurement and the machine it ran on) and
-``<name>.md`` (tables of the ratios) under ``--output-dir`` (``benchmarks/results`` by default).
+``<name>.md`` (tables of the ratios) under ``--output-dir`` (``benchmarks/results`` by default);
+``python -m retinanet_fl.benchmark render <name>.json`` prints the Markdown again from the JSON.
 Timings are medians over interleaved repeats, and ratios are taken between methods of the same
 run, so a machine shared with other work skews them less than it skews absolute numbers.
 
-* ``losses`` (:mod:`.losses`): the classification loss alone, ours against fvcore's and
+* ``losses`` (:mod:`.loss_kernels`): the classification loss alone, ours against fvcore's and
   torchvision's.
-* ``train`` and ``inference`` (:mod:`.models`): ``FocalLossRetinaNet`` against Detectron2's
-  ``RetinaNet`` (same config, identical weights) and, for inference, torchvision's RetinaNet.
+* ``train`` (:mod:`.train`) and ``inference`` (:mod:`.inference`): ``FocalLossRetinaNet`` against
+  Detectron2's ``RetinaNet`` (same config, identical weights) and, for inference, torchvision's
+  RetinaNet; the models and inputs are built by :mod:`.fixtures`.
+
+The results are the dataclasses of :mod:`.results`, their pass/fail targets are in
+:mod:`.targets`, the measurement helpers in :mod:`.common`, the Markdown in :mod:`.report` and
+the command line in :mod:`.cli`.
 """
 from .cli import BENCHMARKS, build_parser, main
 

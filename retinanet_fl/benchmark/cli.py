@@ -1,25 +1,177 @@
-"""The command line: ``python -m retinanet_fl.benchmark {losses,train,inference,all} [options]``."""
+"""
+The command line: ``python -m retinanet_fl.benchmark {losses,train,inference,all} [options]``, and
+``python -m retinanet_fl.benchmark render RESULTS.json`` to print a report from its results again.
+Only this module sees the parsed arguments; the benchmarks take plain values.
+"""
 import argparse
+import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
-from .common import DEFAULT_OUTPUT_DIR
-from .losses import add_losses_arguments, run_losses
-from .models import add_inference_arguments, add_train_arguments, run_inference, run_train
+import torch
 
-# name -> (add its arguments to a parser, run it); "all" runs each in this order.
-BENCHMARKS = {
-    "losses": (add_losses_arguments, run_losses),
-    "train": (add_train_arguments, run_train),
-    "inference": (add_inference_arguments, run_inference),
-}
+from .common import DEFAULT_OUTPUT_DIR, write_results
+from .fixtures import ModelOptions
+from .inference import benchmark_inference
+from .loss_kernels import LOSS_METHODS, benchmark_losses
+from .report import inference_markdown, losses_markdown, render, train_markdown
+from .results import load_results
+from .train import benchmark_train
+
+__all__ = ["BENCHMARKS", "COMMON_OPTIONS", "build_parser", "main"]
+
+PRECISIONS = ("fp32", "amp")
 # Options every benchmark takes; "all" passes them on.
 COMMON_OPTIONS = ("output_dir", "device", "seed")
 
 
+def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
+    """The losses benchmark's options."""
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 400_000],
+                        help="numbers of anchors R")
+    parser.add_argument("--num-classes", type=int, default=80, help="K")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs (>= 5)")
+    parser.add_argument("--methods", nargs="+", default=list(LOSS_METHODS), choices=LOSS_METHODS)
+    parser.add_argument("--alpha", type=float, default=0.25)
+    parser.add_argument("--gamma", type=float, default=2.0)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_repeats: int) -> None:
+    """The options of :class:`.fixtures.ModelOptions`, with their defaults for one benchmark."""
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[512, 800],
+                        help="side of the square images, in pixels")
+    parser.add_argument("--iters", type=int, default=10, help="measured iterations per model")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help="unmeasured iterations first (>= 1; the first compiles our loss)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101],
+                        help="ResNet depth of every model")
+    parser.add_argument("--num-classes", type=int, default=80, help="K")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA")
+    parser.add_argument("--loss-kernel", choices=["compiled", "eager"], default="compiled",
+                        help="MODEL.RETINANET_FL.LOSS_KERNEL")
+    parser.add_argument("--memory-repeats", type=int, default=memory_repeats,
+                        help="measured calls per model for peak memory (0: skip)")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the per-operator profile")
+    parser.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train benchmark's options."""
+    _add_model_arguments(parser, warmup=2, memory_repeats=3)
+    parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
+    parser.add_argument("--throughput-batch-size", type=int, default=16,
+                        help="on CUDA, also measure images/s at this batch size (0: skip)")
+    parser.add_argument("--num-boxes", type=int, default=8, help="GT boxes per image")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inference benchmark's options."""
+    _add_model_arguments(parser, warmup=1, memory_repeats=1)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--score-thresh", type=float, default=0.0,
+                        help="MODEL.RETINANET.SCORE_THRESH_TEST and torchvision's score_thresh")
+    parser.add_argument("--no-torchvision", dest="torchvision", action="store_false",
+                        help="compare with Detectron2 only")
+
+
+def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOptions:
+    """
+    Check the options of a model benchmark and fill in the default precisions.
+
+    Args:
+        args: the parsed train or inference options.
+        batch_sizes: the benchmark's batch sizes, checked too.
+
+    Returns:
+        The options the benchmark takes.
+    """
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
+    precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
+    if "amp" in precisions and not cuda:
+        raise SystemExit("--precisions amp is measured on CUDA only; pass --device cuda or drop amp.")
+    checks = [
+        ("--iters", args.iters, 1),
+        ("--warmup", args.warmup, 1),
+        ("--threads", args.threads, 1),
+        ("--memory-repeats", args.memory_repeats, 0),
+    ]
+    for option, value, minimum in checks:
+        if value < minimum:
+            raise SystemExit(f"{option} must be at least {minimum}, got {value}.")
+    if min(args.image_sizes) < 32 or min(batch_sizes) < 1:
+        raise SystemExit("--image-sizes must be >= 32 px and batch sizes >= 1.")
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelOptions)}
+    return ModelOptions(**{**values, "precisions": precisions})
+
+
+def run_losses(args: argparse.Namespace) -> None:
+    """Run the losses benchmark and write its reports."""
+    if args.repeats < 5:
+        raise SystemExit(f"--repeats must be at least 5 for a meaningful median, got {args.repeats}.")
+    results = benchmark_losses(
+        device=args.device,
+        sizes=args.sizes,
+        num_classes=args.num_classes,
+        repeats=args.repeats,
+        methods=args.methods,
+        alpha=args.alpha,
+        gamma=args.gamma,
+        seed=args.seed,
+    )
+    write_results("losses", results, losses_markdown(results), args.output_dir)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """Run the train benchmark and write its reports."""
+    results = benchmark_train(
+        _model_options(args, [args.batch_size]),
+        batch_size=args.batch_size,
+        throughput_batch_size=args.throughput_batch_size,
+        num_boxes=args.num_boxes,
+    )
+    write_results("train", results, train_markdown(results, args.profile_rows), args.output_dir)
+
+
+def run_inference(args: argparse.Namespace) -> None:
+    """Run the inference benchmark and write its reports."""
+    results = benchmark_inference(
+        _model_options(args, args.batch_sizes),
+        batch_sizes=args.batch_sizes,
+        score_thresh=args.score_thresh,
+        torchvision=args.torchvision,
+    )
+    write_results(
+        "inference", results, inference_markdown(results, args.profile_rows), args.output_dir
+    )
+
+
+def run_render(args: argparse.Namespace) -> None:
+    """Print the report of each results file, as its benchmark wrote it."""
+    for path in args.results:
+        sys.stdout.write(render(load_results(path), args.profile_rows))
+
+
+# name -> (add its arguments to a parser, run it); "all" runs each in this order.
+BENCHMARKS: Dict[str, Tuple[Callable, Callable]] = {
+    "losses": (add_losses_arguments, run_losses),
+    "train": (add_train_arguments, run_train),
+    "inference": (add_inference_arguments, run_inference),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """
+    Returns:
+        The parser of the command line, one subcommand per benchmark, ``all`` and ``render``.
+    """
     from . import __doc__ as description
 
     parser = argparse.ArgumentParser(prog="python -m retinanet_fl.benchmark", description=description,
@@ -33,11 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0)
         if add_arguments is not None:
             add_arguments(sub)
+    sub = subparsers.add_parser("render", help="print the Markdown report of results JSON files")
+    sub.add_argument("results", type=Path, nargs="+",
+                     help="train.json, inference.json and/or losses.json")
+    sub.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """
+    Run the command line.
+
+    Args:
+        argv: the arguments; None: ``sys.argv[1:]``.
+    """
     args = build_parser().parse_args(argv)
+    if args.benchmark == "render":
+        run_render(args)
+        return
     if args.benchmark != "all":
         BENCHMARKS[args.benchmark][1](args)
         return

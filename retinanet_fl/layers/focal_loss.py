@@ -33,7 +33,6 @@ import math
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
