@@ -21,11 +21,11 @@ from detectron2.layers import nms
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
+from ..layers.closed_form import check_kernel
 from ..layers.focal_loss import (
     check_alpha,
     check_beta,
     check_gamma,
-    check_kernel,
     check_star_gamma,
     sigmoid_focal_loss_from_labels,
     sigmoid_focal_loss_star_from_labels,

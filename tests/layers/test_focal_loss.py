@@ -5,7 +5,6 @@ independence of the call history, gradients (first and second), TorchScript, dty
 
 import functools
 import itertools
-import logging
 import random
 
 import pytest
@@ -15,7 +14,7 @@ from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
 from fvcore.nn import sigmoid_focal_loss_star as fvcore_focal_loss_star
 from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
 
-from retinanet_fl.layers import focal_loss as losses
+from retinanet_fl.layers import closed_form
 from retinanet_fl.layers.focal_loss import (
     sigmoid_focal_loss,
     sigmoid_focal_loss_from_labels,
@@ -30,7 +29,7 @@ NUM_CLASSES = 7
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
-@pytest.fixture(params=losses.KERNELS)
+@pytest.fixture(params=closed_form.KERNELS)
 def kernel(request) -> str:
     return request.param
 
@@ -333,48 +332,10 @@ def test_compiled_kernel_equals_eager():
     logits = random_logits(300, NUM_CLASSES, dtype=torch.float32)
     labels = random_labels(300)
     compiled = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, kernel="compiled")
-    assert "cpu" not in losses._COMPILE_FAILED_DEVICES, "torch.compile failed on this machine"
+    assert "cpu" not in closed_form._COMPILE_FAILED_DEVICES, "torch.compile failed on this machine"
     eager = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, kernel="eager")
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=0)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_eager_kernel_in_chunks_equals_one_pass(monkeypatch, reduction):
-    logits = random_logits(50, NUM_CLASSES)
-    labels = random_labels(50)
-    targets = torch.rand(50, NUM_CLASSES, dtype=torch.float64)
-    calls = {
-        "labels": lambda x: sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, reduction, "eager"),
-        "targets": lambda x: sigmoid_focal_loss(x, targets, 0.25, 0.5, reduction, "eager"),
-    }
-    one_pass = {name: value_and_grad(call, logits) for name, call in calls.items()}
-    monkeypatch.setattr(losses, "_EAGER_CHUNK_ELEMENTS", 3 * NUM_CLASSES)  # 17 chunks of 3 rows
-    for name, call in calls.items():
-        chunked = value_and_grad(call, logits)
-        torch.testing.assert_close(chunked[0], one_pass[name][0], rtol=1e-12, atol=0, msg=name)
-        torch.testing.assert_close(chunked[1], one_pass[name][1], rtol=1e-12, atol=0, msg=name)
-
-
-def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplog):
-    def failing_compile(fn):
-        def compiled(*args):
-            raise RuntimeError("no C++ compiler found")
-
-        return compiled
-
-    monkeypatch.setattr(losses, "_compiled", failing_compile)
-    monkeypatch.setattr(losses, "_COMPILE_FAILED_DEVICES", set())
-    logits = random_logits(20, NUM_CLASSES, dtype=torch.float32)
-    labels = random_labels(20)
-    with caplog.at_level(logging.WARNING, logger=losses.__name__):
-        first = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, kernel="compiled")
-        second = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, kernel="compiled")
-    eager = value_and_grad(sigmoid_focal_loss_from_labels, logits, labels, kernel="eager")
-    assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
-    for result in (first, second):
-        torch.testing.assert_close(result[0], eager[0], rtol=0, atol=0)
-        torch.testing.assert_close(result[1], eager[1], rtol=0, atol=0)
 
 
 def history_settings():
@@ -426,34 +387,6 @@ def test_results_do_not_depend_on_earlier_calls(kernel, device):
         assert_norm_close(value, reference[0], rtol=1e-5)
         if reduction == "sum":  # "none" weights the elements in a layout that differs
             assert_norm_close(grad, reference[1], rtol=1e-5)
-
-
-def test_pytorch_float_specialization_bug_is_avoided():
-    # Minimal reproduction of pytorch/pytorch#194976 (torch 2.14): a Python float used both as a
-    # pow() exponent and as a factor. After a recompile makes it symbolic, inductor burns the
-    # value of that call into pow() without a guard, and every later value reuses it. Our
-    # kernels compile with specialize_float=True; this checks that the setting still prevents it.
-    def formula(x: torch.Tensor, gamma: float):
-        return x.pow(gamma).sum(), (x * gamma).sum()
-
-    x = torch.rand(64, 12)
-    compiled = losses._compiled(formula)
-    for gamma in (0.0, 0.5, 1.0, 2.0):
-        torch.testing.assert_close(compiled(x, gamma), formula(x, gamma))
-
-
-@pytest.mark.xfail(
-    reason="pytorch/pytorch#194976: stale float in inductor; passes once PyTorch has the fix",
-    strict=False,
-)
-def test_pytorch_float_specialization_bug_reproduction():
-    def formula(x: torch.Tensor, gamma: float):
-        return x.pow(gamma).sum(), (x * gamma).sum()
-
-    x = torch.rand(64, 12)
-    compiled = torch.compile(formula)
-    for gamma in (0.0, 0.5, 1.0, 2.0):
-        torch.testing.assert_close(compiled(x, gamma), formula(x, gamma))
 
 
 def test_float_target_losses_are_scriptable():

@@ -1,0 +1,276 @@
+"""
+The machinery that evaluates a loss given as a closed form: a function of the logits x and the
+(soft) targets t that returns the elementwise loss and its derivative d/dx. A
+``torch.autograd.Function`` evaluates both in one pass and keeps only the gradient (one (R, K)
+tensor, which backward would allocate anyway) until backward; integer labels (K = background,
+-1 = ignored) become t = [label == class] inside the kernel, never a one-hot tensor.
+
+Two kernels run the same function: ``"compiled"`` (``torch.compile`` fuses it into one loop, C++
+on CPU and Triton on GPU; float parameters are compiled in as guarded constants, so each new
+setting costs one compile; where compiling fails, the eager kernel is used with one warning) and
+``"eager"`` (plain tensor operations over blocks of rows). Under ``create_graph=True`` backward
+evaluates the gradient with differentiable operations, so second derivatives work.
+"""
+
+import functools
+import logging
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["KERNELS", "check_kernel", "closed_form_loss", "scripted_loss", "upcast"]
+
+logger = logging.getLogger(__name__)
+
+KERNELS = ("compiled", "eager")
+REDUCTIONS = ("none", "mean", "sum")
+
+# Device types ("cpu", "cuda", ...) on which torch.compile failed once; they use the eager kernel.
+_COMPILE_FAILED_DEVICES = set()
+
+
+def check_kernel(kernel: str, name: str = "kernel") -> str:
+    """Returns ``kernel`` if it is one of KERNELS, else raises an error naming ``name``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"{name} must be one of {KERNELS}, got {kernel!r}.")
+    return kernel
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"Invalid reduction {reduction!r}: must be one of {REDUCTIONS}.")
+
+
+def _alpha_t(t: Tensor, alpha: float) -> Tensor:
+    """α for positives, 1 - α for negatives (interpolated for soft targets)."""
+    return alpha * t + (1 - alpha) * (1 - t)
+
+
+def upcast(logits: Tensor) -> Tensor:
+    """fp16 / bf16 / fp32 -> fp32; fp64 stays fp64 (gradcheck and reference comparisons)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _targets_and_mask(logits: Tensor, target: Tensor, from_labels: bool):
+    """
+    The targets t (R, K) in the computation dtype and the (R, 1) mask of non-ignored rows (None
+    for float targets). For labels, t is a broadcast comparison that the compiler fuses into its
+    loop, so it is never materialized there.
+    """
+    x = upcast(logits)
+    if not from_labels:
+        return x, target.to(x.dtype), None
+    classes = torch.arange(x.shape[1], device=x.device)
+    return x, (target[:, None] == classes).to(x.dtype), (target >= 0)[:, None]
+
+
+def _loss_and_grad(
+    logits: Tensor,
+    target: Tensor,
+    from_labels: bool,
+    formula: Callable[..., Tuple[Tensor, Tensor]],
+    params: Tuple[float, ...],
+    alpha: float,
+    reduce: bool,
+    with_grad: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """
+    Args:
+        logits: (R, ...) float logits.
+        target: float targets shaped like ``logits``, or (R,) int64 labels (K = background,
+            -1 = ignored) when ``from_labels``.
+        formula: ``formula(x, t, *params)`` → the elementwise loss without α and its derivative
+            w.r.t. x; params: its parameters, e.g. (γ,) or (γ, β).
+        alpha: α in [0, 1], or negative for none.
+        reduce: return the sum instead of the elementwise loss.
+        with_grad: also return d(summed loss)/d logits.
+
+    Returns:
+        the loss (elementwise or summed) and the gradient or None, in the computation dtype.
+    """
+    x, t, valid = _targets_and_mask(logits, target, from_labels)
+    loss, grad = formula(x, t, *params)
+    if alpha >= 0:
+        weight = _alpha_t(t, alpha)
+        loss, grad = loss * weight, grad * weight
+    if valid is not None:
+        # A select, not a product: non-finite logits of ignored rows stay out of the result.
+        loss, grad = torch.where(valid, loss, 0.0), torch.where(valid, grad, 0.0)
+    if reduce:
+        # Accumulated in fp64 (MPS has none): the compiled loop sums ~10^6 terms sequentially
+        # per thread, which in fp32 drifts by ~1e-5 relative.
+        accumulator = x.dtype if x.device.type == "mps" else torch.float64
+        loss = loss.sum(dtype=accumulator).to(x.dtype)
+    return loss, (grad if with_grad else None)
+
+
+# Each setting (path, loss, dtype, γ, α, β, reduction) is one compiled graph. Python floats are
+# specialized explicitly: with torch 2.14's default (specialize_float=False) the compiler turns
+# γ into a symbolic input, bakes the value of the first recompile into pow() without a guard, and
+# silently reuses it for every later γ (pytorch/pytorch#194976; tests/layers/test_closed_form.py keeps a
+# reproduction). Specialized, γ is a guarded constant and γ = 2 becomes a multiplication (about
+# 1.7x faster than a runtime exponent on CPU). Dynamo runs a function uncompiled after 8 graphs
+# by default; a sweep over settings in one process (tests, ablations) needs more.
+_COMPILE_CONFIG = {"specialize_float": True, "recompile_limit": 64}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn: Callable) -> Callable:
+    compiled = torch.compile(fn)
+
+    @functools.wraps(fn)
+    def call(*args):
+        with torch._dynamo.config.patch(**_COMPILE_CONFIG):
+            return compiled(*args)
+
+    return call
+
+
+def _rows_dynamic(tensor: Tensor) -> Tensor:
+    """
+    A view whose first dimension (the number of anchors, which changes with the image size) the
+    compiler treats as symbolic, so one kernel serves every size; the others (K) stay static,
+    which keeps the inner loop vectorized. A view, so the caller's tensor is left unmarked.
+    """
+    if tensor.dim() == 0:
+        return tensor
+    view = tensor.view(tensor.shape)
+    torch._dynamo.maybe_mark_dynamic(view, 0)
+    return view
+
+
+def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
+    """
+    ``_loss_and_grad(*args)`` with ``kernel``. A compile failure on a device type (inputs were
+    validated before) is warned once and that device uses the eager kernel from then on.
+    """
+    device_type = args[0].device.type
+    if kernel == "compiled" and device_type not in _COMPILE_FAILED_DEVICES:
+        try:
+            return _compiled(_loss_and_grad)(
+                *[_rows_dynamic(a) if isinstance(a, Tensor) else a for a in args]
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:
+            _COMPILE_FAILED_DEVICES.add(device_type)
+            logger.warning(
+                "torch.compile of the loss kernel failed on %s (%s: %s); using the eager closed "
+                "form instead.",
+                device_type,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
+    return _eager_in_chunks(*args)
+
+
+# Elements per chunk of the eager kernel: its ~12 temporaries then stay in the CPU's cache.
+_EAGER_CHUNK_ELEMENTS = 2**18
+
+
+def _eager_in_chunks(
+    logits: Tensor, target: Tensor, *settings
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """
+    The eager kernel: ``_loss_and_grad`` over blocks of rows, written into preallocated outputs,
+    so that its temporaries take a chunk's memory instead of the whole tensor's.
+    """
+    row_elements = max(1, logits[0].numel()) if logits.dim() else 1
+    chunk_rows = max(1, _EAGER_CHUNK_ELEMENTS // row_elements)
+    if logits.dim() == 0 or len(logits) <= chunk_rows:
+        return _loss_and_grad(logits, target, *settings)
+    reduce, with_grad = settings[-2:]
+    dtype = upcast(logits).dtype
+    loss = torch.zeros((), dtype=dtype, device=logits.device) if reduce else None
+    if not reduce:
+        loss = torch.empty(logits.shape, dtype=dtype, device=logits.device)
+    grad = torch.empty(logits.shape, dtype=dtype, device=logits.device) if with_grad else None
+    for start in range(0, len(logits), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        chunk_loss, chunk_grad = _loss_and_grad(logits[rows], target[rows], *settings)
+        if reduce:
+            loss += chunk_loss
+        else:
+            loss[rows] = chunk_loss
+        if with_grad:
+            grad[rows] = chunk_grad
+    return loss, grad
+
+
+def _mean_divisor(logits: Tensor, target: Tensor, from_labels: bool):
+    """The element count "mean" divides by: every element, or those of non-ignored rows."""
+    return (target >= 0).sum() * logits.shape[1] if from_labels else logits.numel()
+
+
+class _ClosedFormLoss(torch.autograd.Function):
+    """
+    The loss with the closed-form gradient of appendix B, computed in the same pass as the loss
+    and kept until backward. A second backward through the same graph (retain_graph=True)
+    computes it again; under create_graph=True it is computed with differentiable operations.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, from_labels, formula, params, alpha, reduction, kernel):
+        settings = (from_labels, formula, params, alpha, reduction != "none")
+        loss, ctx.grad = _run_kernel(kernel, logits, target, *settings, ctx.needs_input_grad[0])
+        ctx.save_for_backward(logits, target)
+        ctx.settings, ctx.kernel, ctx.reduction = settings, kernel, reduction
+        if reduction == "mean":
+            loss = loss / _mean_divisor(logits, target, from_labels)
+        return loss if from_labels else loss.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, target = ctx.saved_tensors
+        grad, ctx.grad = ctx.grad, None  # used once and released
+        if ctx.reduction == "mean":
+            grad_out = grad_out / _mean_divisor(logits, target, ctx.settings[0])
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
+            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1] * grad_out
+        else:
+            if grad is None:
+                grad = _run_kernel(ctx.kernel, logits, target, *ctx.settings, True)[1]
+            grad = grad.mul_(grad_out)  # in place: no second (R, K) tensor
+        return grad.to(logits.dtype), None, None, None, None, None, None, None
+
+
+def closed_form_loss(
+    logits: Tensor,
+    target: Tensor,
+    from_labels: bool,
+    formula: Callable[..., Tuple[Tensor, Tensor]],
+    params: Tuple[float, ...],
+    alpha: float,
+    reduction: str,
+    kernel: str,
+) -> Tensor:
+    """
+    The loss of ``formula`` (see :func:`_loss_and_grad`) with its closed-form gradient, on
+    ``kernel``; "mean" divides by the elements of non-ignored rows.
+    """
+    _check_reduction(reduction)
+    kernel = check_kernel(kernel)
+    if not from_labels and target.requires_grad:
+        # The closed form differentiates w.r.t. the logits only; let autograd trace the same
+        # formula instead (it keeps its intermediates).
+        settings = (False, formula, params, alpha, reduction != "none", False)
+        loss, _ = _loss_and_grad(logits, target, *settings)
+        loss = loss / logits.numel() if reduction == "mean" else loss
+        return loss.to(logits.dtype)
+    return _ClosedFormLoss.apply(
+        logits, target, from_labels, formula, params, alpha, reduction, kernel
+    )
+
+
+def scripted_loss(loss: Tensor, t: Tensor, alpha: float, reduction: str) -> Tensor:
+    """α weighting and reduction for the TorchScript versions of the float-target losses."""
+    if alpha >= 0:
+        loss = loss * _alpha_t(t, alpha)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction != "none":
+        raise ValueError("Invalid reduction " + reduction + ": must be 'none', 'mean' or 'sum'.")
+    return loss
