@@ -2,8 +2,11 @@
 
 ``import retinanet_fl`` registers everything this project adds to Detectron2's registries.
 """
-from . import data  # noqa: F401  registers the datasets
-from . import modeling  # noqa: F401  registers the models and losses
+
+from . import (
+    data,  # noqa: F401  registers the datasets
+    modeling,  # noqa: F401  registers the models and losses
+)
 from .config import add_retinanet_fl_config, get_cfg
 
 __version__ = "0.1.0"

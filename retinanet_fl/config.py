@@ -6,6 +6,7 @@ BBOX_REG_WEIGHTS and the test-time settings) are reused, not duplicated, so a De
 config runs with only ``MODEL.META_ARCHITECTURE`` changed. The defaults below reproduce
 Detectron2's behaviour; ``configs/Base-RetinaNet-FL.yaml`` sets the paper's.
 """
+
 import logging
 import os
 from typing import Sequence
@@ -95,7 +96,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     cfg = get_cfg()
     if config_file:
         if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"Config file '{config_file}' does not exist (see configs/ for ours).")
+            raise FileNotFoundError(
+                f"Config file '{config_file}' does not exist (see configs/ for ours)."
+            )
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

@@ -2,6 +2,7 @@
 The configs this project ships, found inside the installed package (``retinanet_fl/configs``, the
 repository's ``configs/``), so that tools work from any directory and from a wheel.
 """
+
 from pathlib import Path
 from typing import List
 

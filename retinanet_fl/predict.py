@@ -4,6 +4,7 @@ Run a checkpoint on images and save pictures of its detections and a JSON of its
     python -m retinanet_fl.predict --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
         --input img1.jpg img2.jpg (or a folder) --output out/ MODEL.WEIGHTS output/synthetic/model_final.pth
 """
+
 import argparse
 import json
 import os
@@ -35,14 +36,18 @@ def list_images(inputs: Sequence[str]) -> List[str]:
     for path in inputs:
         if os.path.isdir(path):
             paths += sorted(
-                os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_EXTENSIONS)
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
             )
         elif os.path.isfile(path):
             paths.append(path)
         else:
             raise FileNotFoundError(f"Input '{path}' is neither an image file nor a folder.")
     if not paths:
-        raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(inputs)}.")
+        raise FileNotFoundError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(inputs)}."
+        )
     return paths
 
 
@@ -56,7 +61,9 @@ def build_predictor(cfg: CfgNode) -> DefaultPredictor:
     return predictor
 
 
-def predict_images(cfg: CfgNode, image_paths: Sequence[str], output_dir: str, confidence_threshold: float) -> str:
+def predict_images(
+    cfg: CfgNode, image_paths: Sequence[str], output_dir: str, confidence_threshold: float
+) -> str:
     """
     Run the model on each image, save ``<output_dir>/<name>`` with the detections drawn, and
     ``<output_dir>/predictions.json`` with every detection (XYXY boxes in input pixels).
@@ -65,7 +72,11 @@ def predict_images(cfg: CfgNode, image_paths: Sequence[str], output_dir: str, co
         the path of predictions.json.
     """
     predictor = build_predictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else MetadataCatalog.get("__unused")
+    metadata = (
+        MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if cfg.DATASETS.TEST
+        else MetadataCatalog.get("__unused")
+    )
     class_names = metadata.get("thing_classes", None)
     os.makedirs(output_dir, exist_ok=True)
     results: List[Dict] = []
@@ -77,9 +88,16 @@ def predict_images(cfg: CfgNode, image_paths: Sequence[str], output_dir: str, co
         drawn = visualizer.draw_instance_predictions(instances).get_image()
         cv2.imwrite(os.path.join(output_dir, os.path.basename(path)), drawn[:, :, ::-1])
         detections = []
-        for box, score, label in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
-                                     instances.pred_classes.tolist()):
-            detection = {"bbox_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "class_id": label}
+        for box, score, label in zip(
+            instances.pred_boxes.tensor.tolist(),
+            instances.scores.tolist(),
+            instances.pred_classes.tolist(),
+        ):
+            detection = {
+                "bbox_xyxy": [round(v, 2) for v in box],
+                "score": round(score, 4),
+                "class_id": label,
+            }
             if class_names:
                 detection["class_name"] = class_names[label]
             detections.append(detection)
@@ -91,12 +109,22 @@ def predict_images(cfg: CfgNode, image_paths: Sequence[str], output_dir: str, co
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="the config the checkpoint was trained with")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", required=True, help="the config the checkpoint was trained with"
+    )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
-    parser.add_argument("--output", required=True, help="folder for the pictures and predictions.json")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="draw and save scores above this")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth")
+    parser.add_argument(
+        "--output", required=True, help="folder for the pictures and predictions.json"
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="draw and save scores above this"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth"
+    )
     return parser.parse_args(argv)
 
 

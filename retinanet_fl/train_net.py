@@ -9,6 +9,7 @@ the repository's ``train_net.py`` and ``python -m retinanet_fl.train_net`` run i
 
 Without CUDA, ``--num-gpus N`` runs N worker processes on the CPU with gloo.
 """
+
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -32,7 +33,9 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

@@ -2,6 +2,7 @@
 Fixtures shared by the test modules: a small config of our paper model on the CPU, a tiny
 registered dataset, and the warnings of the config checks.
 """
+
 import logging
 import uuid
 
@@ -22,25 +23,59 @@ IMAGE_SIZE = 64
 
 def _small_cfg(*opts):
     """Our paper config on an R-18-FPN with a one-conv head, on the CPU, without datasets."""
-    return load_config(get_config_file("Base-RetinaNet-FL.yaml"), [
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CONVS", "1",
-        "MODEL.RETINANET.NUM_CLASSES", str(len(CLASSES)),
-        "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
-        *opts,
-    ])
+    return load_config(
+        get_config_file("Base-RetinaNet-FL.yaml"),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.RESNETS.DEPTH",
+            "18",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64",
+            "MODEL.FPN.OUT_CHANNELS",
+            "32",
+            "MODEL.RETINANET.NUM_CONVS",
+            "1",
+            "MODEL.RETINANET.NUM_CLASSES",
+            str(len(CLASSES)),
+            "DATASETS.TRAIN",
+            "()",
+            "DATASETS.TEST",
+            "()",
+            *opts,
+        ],
+    )
 
 
 def _train_cfg(dataset_name, output_dir, *opts):
     """``_small_cfg`` training 6 iterations of 2 images of ``IMAGE_SIZE`` px on a dataset."""
     return _small_cfg(
-        "DATASETS.TRAIN", f"('{dataset_name}',)",
-        "MODEL.RESNETS.NORM", "BN",  # from scratch
-        "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", f"({IMAGE_SIZE},)",
-        "INPUT.MAX_SIZE_TRAIN", str(IMAGE_SIZE), "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "1000", "OUTPUT_DIR", str(output_dir), "SEED", "0",
+        "DATASETS.TRAIN",
+        f"('{dataset_name}',)",
+        "MODEL.RESNETS.NORM",
+        "BN",  # from scratch
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "INPUT.MIN_SIZE_TRAIN",
+        f"({IMAGE_SIZE},)",
+        "INPUT.MAX_SIZE_TRAIN",
+        str(IMAGE_SIZE),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "OUTPUT_DIR",
+        str(output_dir),
+        "SEED",
+        "0",
         *opts,
     )
 
@@ -90,13 +125,24 @@ def tiny_images(tmp_path_factory):
     records = []
     for image_id in range(4):
         file_name = str(root / f"{image_id}.png")
-        Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(file_name)
+        Image.fromarray(rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)).save(
+            file_name
+        )
         annotations = [
-            {"bbox": [8.0 + 20 * k, 10.0, 24.0, 30.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": k}
+            {
+                "bbox": [8.0 + 20 * k, 10.0, 24.0, 30.0],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": k,
+            }
             for k in range(1 + image_id % 2)
         ]
-        records.append({
-            "file_name": file_name, "image_id": image_id, "height": IMAGE_SIZE, "width": IMAGE_SIZE,
-            "annotations": annotations,
-        })
+        records.append(
+            {
+                "file_name": file_name,
+                "image_id": image_id,
+                "height": IMAGE_SIZE,
+                "width": IMAGE_SIZE,
+                "annotations": annotations,
+            }
+        )
     return root, records

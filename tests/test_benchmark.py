@@ -3,6 +3,7 @@ the forward, the committed results read and rendered again unchanged.
 
 No timing is asserted: the numbers depend on the machine.
 """
+
 import json
 import subprocess
 import sys
@@ -193,8 +194,20 @@ def test_targets():
 
 def test_losses_benchmark_report(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "retinanet_fl.benchmark", "losses", "--output-dir", str(tmp_path),
-         "--sizes", "3000", "--num-classes", "5", "--repeats", "5"],
+        [
+            sys.executable,
+            "-m",
+            "retinanet_fl.benchmark",
+            "losses",
+            "--output-dir",
+            str(tmp_path),
+            "--sizes",
+            "3000",
+            "--num-classes",
+            "5",
+            "--repeats",
+            "5",
+        ],
         check=True,
     )
     results = _load_and_check(tmp_path / "losses.json")

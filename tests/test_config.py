@@ -1,4 +1,5 @@
 import importlib.metadata
+
 import retinanet_fl
 from retinanet_fl.config import add_retinanet_fl_config, get_cfg
 

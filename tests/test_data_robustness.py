@@ -1,5 +1,6 @@
 """The data pipeline on what real datasets contain: bad boxes, unknown categories, empty and
 missing images, unusual image modes, very wide images, many boxes."""
+
 import json
 import logging
 import math
@@ -38,7 +39,9 @@ def _register_coco(tmp_path, images, annotations, categories=((1, "a"), (2, "b")
     for image_id, (file_name, image, width, height) in enumerate(images, start=1):
         if image is not None:
             image.save(image_root / file_name)
-        coco_images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        coco_images.append(
+            {"id": image_id, "file_name": file_name, "width": width, "height": height}
+        )
     coco_annotations = []
     for annotation_id, (image_id, category_id, bbox, *extra) in enumerate(annotations, start=1):
         annotation = {"id": annotation_id, "image_id": image_id, "category_id": category_id}
@@ -97,7 +100,8 @@ def test_bad_boxes_are_clipped_or_dropped_and_counted(tmp_path, caplog):
     (record,) = dataset_dicts
     boxes = [
         BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-        for a in record["annotations"] if not a["iscrowd"]
+        for a in record["annotations"]
+        if not a["iscrowd"]
     ]
     assert np.allclose(boxes, [[10, 10, 30, 25], [50, 40, 64, 48]])
     assert [a["category_id"] for a in record["annotations"]] == [0, 1, 0]  # the crowd one is kept
@@ -117,8 +121,13 @@ def test_unknown_category_ids_are_dropped_with_a_warning(tmp_path, caplog):
     name = _register_coco(
         tmp_path,
         [("a.png", _rgb(32, 32), 32, 32), ("b.png", _rgb(32, 32), 32, 32)],
-        [(1, 1, [1, 1, 10, 10]), (1, 99, [2, 2, 10, 10]), (2, 99, [3, 3, 5, 5]), (2, 7, [1, 1, 4, 4]),
-         (2, 2, [4, 4, 8, 8])],
+        [
+            (1, 1, [1, 1, 10, 10]),
+            (1, 99, [2, 2, 10, 10]),
+            (2, 99, [3, 3, 5, 5]),
+            (2, 7, [1, 1, 4, 4]),
+            (2, 2, [4, 4, 8, 8]),
+        ],
         categories=((1, "a"), (2, "b")),
     )
     # Detectron2 alone refuses the whole dataset.
@@ -137,10 +146,18 @@ def test_unknown_category_ids_are_dropped_with_a_warning(tmp_path, caplog):
 
 
 def test_out_of_range_contiguous_category_ids_are_dropped():
-    records = [{"file_name": "x.png", "height": 20, "width": 20, "image_id": 0, "annotations": [
-        {"bbox": [1, 1, 5, 5], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
-        for category_id in (0, 2, -1, 3, np.int64(1))
-    ]}]
+    records = [
+        {
+            "file_name": "x.png",
+            "height": 20,
+            "width": 20,
+            "image_id": 0,
+            "annotations": [
+                {"bbox": [1, 1, 5, 5], "bbox_mode": BoxMode.XYXY_ABS, "category_id": category_id}
+                for category_id in (0, 2, -1, 3, np.int64(1))
+            ],
+        }
+    ]
     report = DatasetReport("custom")
     (record,) = sanitize_dataset_dicts(records, report, num_classes=3)
     assert [a["category_id"] for a in record["annotations"]] == [0, 2, 1]
@@ -149,10 +166,16 @@ def test_out_of_range_contiguous_category_ids_are_dropped():
 
 
 def test_annotation_without_a_box_is_dropped_and_boxes_are_clipped_at_0_without_image_size():
-    records = [{"file_name": "x.png", "image_id": 0, "annotations": [
-        {"category_id": 0},
-        {"bbox": [-5, -5, 500, 500], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
-    ]}]
+    records = [
+        {
+            "file_name": "x.png",
+            "image_id": 0,
+            "annotations": [
+                {"category_id": 0},
+                {"bbox": [-5, -5, 500, 500], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
+            ],
+        }
+    ]
     report = DatasetReport("custom")
     (record,) = sanitize_dataset_dicts(records, report, num_classes=1)
     assert report.dropped == {DROP_NO_BOX: 1}
@@ -239,7 +262,11 @@ def _16_bit_grey(width, height, value):
         ("grey.png", Image.new("L", (24, 16), 100), (100, 100, 100)),
         ("grey_alpha.png", Image.new("LA", (24, 16), (90, 0)), (90, 90, 90)),
         ("rgba.png", Image.new("RGBA", (24, 16), (10, 20, 30, 0)), (10, 20, 30)),
-        ("palette.png", _rgb(24, 16, (200, 0, 50)).convert("P", palette=Image.ADAPTIVE), (200, 0, 50)),
+        (
+            "palette.png",
+            _rgb(24, 16, (200, 0, 50)).convert("P", palette=Image.ADAPTIVE),
+            (200, 0, 50),
+        ),
         ("grey16.png", _16_bit_grey(24, 16, 128 * 257), (128, 128, 128)),
         ("cmyk.jpg", Image.new("CMYK", (24, 16), (0, 255, 255, 0)), (255, 0, 0)),
         ("binary.png", Image.new("1", (24, 16), 1), (255, 255, 255)),
@@ -259,7 +286,9 @@ def test_image_modes_are_converted_to_input_format(
     expected = expected_rgb[::-1] if image_format == "BGR" else expected_rgb
     # JPEG's chroma compression moves CMYK colours by a few levels.
     tolerance = 8 if file_name.endswith(".jpg") else 0
-    difference = output.reshape(3, -1).float() - torch.tensor(expected, dtype=torch.float32)[:, None]
+    difference = (
+        output.reshape(3, -1).float() - torch.tensor(expected, dtype=torch.float32)[:, None]
+    )
     assert difference.abs().max() <= tolerance
 
 
@@ -279,7 +308,9 @@ def test_4000_px_wide_image_is_resized_within_max_size(tmp_path, caplog):
     (box,) = output["instances"].gt_boxes.tensor.tolist()
     scale_x, scale_y = 128 / width, new_height / height
     assert box == pytest.approx([3000 * scale_x, 50 * scale_y, 3800 * scale_x, 150 * scale_y])
-    assert any("1 of 2 boxes" in r.getMessage() and "wide.png" in r.getMessage() for r in caplog.records)
+    assert any(
+        "1 of 2 boxes" in r.getMessage() and "wide.png" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_1000_boxes_in_one_image(tmp_path):
@@ -311,8 +342,15 @@ def test_train_and_test_loaders_on_a_dataset_with_every_problem(tmp_path, caplog
             ("rgba.png", Image.new("RGBA", (80, 80), (1, 2, 3, 4)), 80, 80),
             ("negative.png", _rgb(64, 64), 64, 64),
         ],
-        [(1, 1, [10, 10, 30, 30]), (1, 2, [80, 50, 40, 40]), (2, 1, [0, 0, 0, 5]), (2, 99, [5, 5, 5, 5]),
-         (3, 2, [200, 200, 5, 5]), (3, 1, [math.inf, 0, 1, 1]), (3, 1, [5, 5, 50, 50])],
+        [
+            (1, 1, [10, 10, 30, 30]),
+            (1, 2, [80, 50, 40, 40]),
+            (2, 1, [0, 0, 0, 5]),
+            (2, 99, [5, 5, 5, 5]),
+            (3, 2, [200, 200, 5, 5]),
+            (3, 1, [math.inf, 0, 1, 1]),
+            (3, 1, [5, 5, 50, 50]),
+        ],
     )
     caplog.set_level(logging.INFO, logger=SANITIZE_LOGGER)
     cfg = _small_cfg([name])

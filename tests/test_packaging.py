@@ -1,4 +1,5 @@
 """The package as users install it: a wheel, imported from another directory."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +10,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_ships_configs_and_tools(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheel_dir), str(REPO_ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheel_dir),
+            str(REPO_ROOT),
+        ],
         check=True,
         cwd=tmp_path,
     )
     (wheel,) = wheel_dir.glob("retinanet_fl-*.whl")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-         str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
     )
     check = (
@@ -31,13 +51,20 @@ def test_wheel_ships_configs_and_tools(tmp_path):
     )
     environment = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     output = subprocess.run(
-        [sys.executable, "-c", check], cwd=tmp_path, env=environment, check=True,
-        capture_output=True, text=True,
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split("\n")
     assert int(output[0]) == len(list((REPO_ROOT / "configs").rglob("*.yaml")))
     assert output[1] == "FocalLossRetinaNet 18"
     for tool in ("retinanet_fl.train_net", "retinanet_fl.demo", "retinanet_fl.predict"):
         subprocess.run(
-            [sys.executable, "-m", tool, "--help"], cwd=tmp_path, env=environment, check=True,
+            [sys.executable, "-m", tool, "--help"],
+            cwd=tmp_path,
+            env=environment,
+            check=True,
             capture_output=True,
         )

@@ -1,4 +1,5 @@
 """End-to-end runs of train_net.py on a tiny synthetic dataset: train, evaluate, resume, 2 CPU workers."""
+
 import json
 import os
 import re
@@ -18,14 +19,36 @@ CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_FPN_synt
 # A model and schedule small enough for a few CPU seconds per run.
 TINY_OPTS = [
     # 64 channels: the config's group norm (32 groups) needs 2 per group on P7's single pixel
-    "MODEL.FPN.OUT_CHANNELS", "64",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "40",
-    "SOLVER.STEPS", "()", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "20",
-    "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.RETINANET.NUM_CONVS",
+    "1",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.01",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "64",
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "SOLVER.BASE_LR",
+    "0.001",
+    "SOLVER.WARMUP_ITERS",
+    "40",
+    "SOLVER.STEPS",
+    "()",
+    "SOLVER.MAX_ITER",
+    "40",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "20",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SEED",
+    "1",
 ]
 
 
@@ -39,7 +62,17 @@ def datasets_root(tmp_path_factory):
 def run_train_net(datasets_root, output_dir, *args, opts=()):
     """Run train_net.py in a fresh process on the tiny dataset; return its combined output."""
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1")
-    command = [sys.executable, TRAIN_NET, "--config-file", CONFIG, *args, *TINY_OPTS, "OUTPUT_DIR", str(output_dir), *opts]
+    command = [
+        sys.executable,
+        TRAIN_NET,
+        "--config-file",
+        CONFIG,
+        *args,
+        *TINY_OPTS,
+        "OUTPUT_DIR",
+        str(output_dir),
+        *opts,
+    ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed.stdout + completed.stderr
@@ -75,7 +108,9 @@ def test_eval_only_reproduces_in_training_evaluation(trained_run, datasets_root,
     output_dir, output = trained_run
     ap_in_training = parse_box_ap(output)
     weights = os.path.join(output_dir, "model_final.pth")
-    eval_output = run_train_net(datasets_root, tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", weights])
+    eval_output = run_train_net(
+        datasets_root, tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", weights]
+    )
     assert parse_box_ap(eval_output) == pytest.approx(ap_in_training, abs=1e-4, nan_ok=True)
     assert ap_in_training[1] > 0  # AP50: the model does detect something
     with open(tmp_path / "inference" / "coco_instances_results.json") as f:
@@ -96,13 +131,30 @@ def test_resume_continues_from_saved_iteration_with_same_lr(trained_run, dataset
 
 def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
     # Frozen BatchNorm and no flip, so one image on each of 2 workers sees exactly what a batch of 2 sees.
-    opts = ["SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNETS.NORM", "FrozenBN",
-            "INPUT.RANDOM_FLIP", "none", "DATASETS.TEST", "()",
-            # full LR from the first step, so the step moves the weights well beyond the tolerance;
-            # SGD, whose step is linear in the gradient (AdamW's first step divides it by its own size)
-            "SOLVER.WARMUP_FACTOR", "1.0", "SOLVER.BASE_LR", "0.05", "SOLVER.OPTIMIZER", "SGD"]
+    opts = [
+        "SOLVER.MAX_ITER",
+        "1",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "MODEL.RESNETS.NORM",
+        "FrozenBN",
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "DATASETS.TEST",
+        "()",
+        # full LR from the first step, so the step moves the weights well beyond the tolerance;
+        # SGD, whose step is linear in the gradient (AdamW's first step divides it by its own size)
+        "SOLVER.WARMUP_FACTOR",
+        "1.0",
+        "SOLVER.BASE_LR",
+        "0.05",
+        "SOLVER.OPTIMIZER",
+        "SGD",
+    ]
     run_train_net(datasets_root, tmp_path / "single", opts=opts)
-    output = run_train_net(datasets_root, tmp_path / "two", "--num-gpus", "2", "--dist-url", "auto", opts=opts)
+    output = run_train_net(
+        datasets_root, tmp_path / "two", "--num-gpus", "2", "--dist-url", "auto", opts=opts
+    )
     assert "world size: 2" in output.lower() or "rank 1" in output.lower()
     single = torch.load(tmp_path / "single" / "model_final.pth", weights_only=True)["model"]
     two = torch.load(tmp_path / "two" / "model_final.pth", weights_only=True)["model"]
@@ -110,12 +162,27 @@ def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
         torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_resume_after_sigkill_while_saving_finishes_the_schedule(trained_run, datasets_root, tmp_path):
+def test_resume_after_sigkill_while_saving_finishes_the_schedule(
+    trained_run, datasets_root, tmp_path
+):
     # Kill the run right after it announces its second checkpoint, i.e. while that file is being written.
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1")
-    command = [sys.executable, TRAIN_NET, "--config-file", CONFIG, *TINY_OPTS, "SOLVER.CHECKPOINT_PERIOD", "5",
-               "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        TRAIN_NET,
+        "--config-file",
+        CONFIG,
+        *TINY_OPTS,
+        "SOLVER.CHECKPOINT_PERIOD",
+        "5",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        str(tmp_path),
+    ]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     saves = 0
     for line in process.stdout:
         if "Saving checkpoint to" in line:
@@ -125,7 +192,9 @@ def test_resume_after_sigkill_while_saving_finishes_the_schedule(trained_run, da
                 break
     process.wait(timeout=600)
     assert process.returncode == -signal.SIGKILL
-    assert torch.load(tmp_path / (tmp_path / "last_checkpoint").read_text(), weights_only=True)["iteration"] in (4, 9)
+    assert torch.load(tmp_path / (tmp_path / "last_checkpoint").read_text(), weights_only=True)[
+        "iteration"
+    ] in (4, 9)
 
     output = run_train_net(datasets_root, tmp_path, "--resume", opts=["DATASETS.TEST", "()"])
     assert re.search(r"Starting training from iteration (5|10)\b", output)

@@ -17,6 +17,7 @@ The results are the dataclasses of :mod:`.results`, their pass/fail targets are 
 :mod:`.targets`, the measurement helpers in :mod:`.common`, the Markdown in :mod:`.report` and
 the command line in :mod:`.cli`.
 """
+
 from .cli import BENCHMARKS, build_parser, main
 
 __all__ = ["BENCHMARKS", "build_parser", "main"]

@@ -3,6 +3,7 @@ The command line: ``python -m retinanet_fl.benchmark {losses,train,inference,all
 ``python -m retinanet_fl.benchmark render RESULTS.json`` to print a report from its results again.
 Only this module sees the parsed arguments; the benchmarks take plain values.
 """
+
 import argparse
 import dataclasses
 import os
@@ -30,8 +31,9 @@ COMMON_OPTIONS = ("output_dir", "device", "seed")
 
 def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
     """The losses benchmark's options."""
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 400_000],
-                        help="numbers of anchors R")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[200_000, 400_000], help="numbers of anchors R"
+    )
     parser.add_argument("--num-classes", type=int, default=80, help="K")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed runs (>= 5)")
     parser.add_argument("--methods", nargs="+", default=list(LOSS_METHODS), choices=LOSS_METHODS)
@@ -41,23 +43,51 @@ def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_repeats: int) -> None:
     """The options of :class:`.fixtures.ModelOptions`, with their defaults for one benchmark."""
-    parser.add_argument("--image-sizes", type=int, nargs="+", default=[512, 800],
-                        help="side of the square images, in pixels")
+    parser.add_argument(
+        "--image-sizes",
+        type=int,
+        nargs="+",
+        default=[512, 800],
+        help="side of the square images, in pixels",
+    )
     parser.add_argument("--iters", type=int, default=10, help="measured iterations per model")
-    parser.add_argument("--warmup", type=int, default=warmup,
-                        help="unmeasured iterations first (>= 1; the first compiles our loss)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=warmup,
+        help="unmeasured iterations first (>= 1; the first compiles our loss)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-    parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101],
-                        help="ResNet depth of every model")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=50,
+        choices=[18, 34, 50, 101],
+        help="ResNet depth of every model",
+    )
     parser.add_argument("--num-classes", type=int, default=80, help="K")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
-                        help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA")
-    parser.add_argument("--loss-kernel", choices=["compiled", "eager"], default="compiled",
-                        help="MODEL.RETINANET_FL.LOSS_KERNEL")
-    parser.add_argument("--memory-repeats", type=int, default=memory_repeats,
-                        help="measured calls per model for peak memory (0: skip)")
-    parser.add_argument("--no-profile", dest="profile", action="store_false",
-                        help="skip the per-operator profile")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=None,
+        help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA",
+    )
+    parser.add_argument(
+        "--loss-kernel",
+        choices=["compiled", "eager"],
+        default="compiled",
+        help="MODEL.RETINANET_FL.LOSS_KERNEL",
+    )
+    parser.add_argument(
+        "--memory-repeats",
+        type=int,
+        default=memory_repeats,
+        help="measured calls per model for peak memory (0: skip)",
+    )
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="skip the per-operator profile"
+    )
     parser.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
 
 
@@ -65,8 +95,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The train benchmark's options."""
     _add_model_arguments(parser, warmup=2, memory_repeats=3)
     parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
-    parser.add_argument("--throughput-batch-size", type=int, default=16,
-                        help="on CUDA, also measure images/s at this batch size (0: skip)")
+    parser.add_argument(
+        "--throughput-batch-size",
+        type=int,
+        default=16,
+        help="on CUDA, also measure images/s at this batch size (0: skip)",
+    )
     parser.add_argument("--num-boxes", type=int, default=8, help="GT boxes per image")
 
 
@@ -74,10 +108,18 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The inference benchmark's options."""
     _add_model_arguments(parser, warmup=1, memory_repeats=1)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--score-thresh", type=float, default=0.0,
-                        help="MODEL.RETINANET.SCORE_THRESH_TEST and torchvision's score_thresh")
-    parser.add_argument("--no-torchvision", dest="torchvision", action="store_false",
-                        help="compare with Detectron2 only")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.0,
+        help="MODEL.RETINANET.SCORE_THRESH_TEST and torchvision's score_thresh",
+    )
+    parser.add_argument(
+        "--no-torchvision",
+        dest="torchvision",
+        action="store_false",
+        help="compare with Detectron2 only",
+    )
 
 
 def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOptions:
@@ -96,7 +138,9 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
     precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
     if "amp" in precisions and not cuda:
-        raise SystemExit("--precisions amp is measured on CUDA only; pass --device cuda or drop amp.")
+        raise SystemExit(
+            "--precisions amp is measured on CUDA only; pass --device cuda or drop amp."
+        )
     checks = [
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 1),
@@ -115,7 +159,9 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
 def run_losses(args: argparse.Namespace) -> None:
     """Run the losses benchmark and write its reports."""
     if args.repeats < 5:
-        raise SystemExit(f"--repeats must be at least 5 for a meaningful median, got {args.repeats}.")
+        raise SystemExit(
+            f"--repeats must be at least 5 for a meaningful median, got {args.repeats}."
+        )
     results = benchmark_losses(
         device=args.device,
         sizes=args.sizes,
@@ -174,20 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from . import __doc__ as description
 
-    parser = argparse.ArgumentParser(prog="python -m retinanet_fl.benchmark", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.benchmark",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subparsers = parser.add_subparsers(dest="benchmark", required=True)
     for name, (add_arguments, _) in list(BENCHMARKS.items()) + [("all", (None, None))]:
-        sub = subparsers.add_parser(name, help=f"run the {name} benchmark" if add_arguments else
-                                    "run every benchmark with its default settings")
+        sub = subparsers.add_parser(
+            name,
+            help=f"run the {name} benchmark"
+            if add_arguments
+            else "run every benchmark with its default settings",
+        )
         sub.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
         sub.add_argument("--device", default="cpu", help="cpu or cuda")
         sub.add_argument("--seed", type=int, default=0)
         if add_arguments is not None:
             add_arguments(sub)
     sub = subparsers.add_parser("render", help="print the Markdown report of results JSON files")
-    sub.add_argument("results", type=Path, nargs="+",
-                     help="train.json, inference.json and/or losses.json")
+    sub.add_argument(
+        "results", type=Path, nargs="+", help="train.json, inference.json and/or losses.json"
+    )
     sub.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
     return parser
 

@@ -2,6 +2,7 @@
 Measurement helpers shared by the benchmarks: machine description and load, interleaved timing,
 peak memory (resident set, CUDA and CPU allocators), operator profiles, and writing the reports.
 """
+
 import ctypes
 import datetime
 import gc
@@ -312,7 +313,9 @@ def _profile(
         ops[name] = {
             event.key: OperatorTime(
                 self_ms=(
-                    event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+                    event.self_device_time_total
+                    if device.type == "cuda"
+                    else event.self_cpu_time_total
                 )
                 / 1e3,
                 calls=event.count,

@@ -3,6 +3,7 @@ The models and inputs of the train and inference benchmarks: Detectron2's Retina
 our ``FocalLossRetinaNet`` with identical weights, torchvision's RetinaNet, noise batches, and the
 batch-norm calibration that gives random weights a trained network's activation scale.
 """
+
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -264,6 +265,8 @@ def make_batch(
         instances = Instances((image_size, image_size))
         instances.gt_boxes = Boxes(torch.cat([top_left, top_left + box_size], dim=1))
         instances.gt_classes = torch.randint(num_classes, (num_boxes,), generator=generator)
-        image = torch.randint(256, (3, image_size, image_size), generator=generator, dtype=torch.uint8)
+        image = torch.randint(
+            256, (3, image_size, image_size), generator=generator, dtype=torch.uint8
+        )
         batch.append({"image": image.to(device), "instances": instances.to(device)})
     return batch

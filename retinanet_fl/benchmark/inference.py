@@ -5,6 +5,7 @@ torchvision's ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)``, w
 backbone (with pre-processing), head, and post-processing (anchors, decoding, NMS, rescaling), and
 peak memory. Settings that miss a time target are profiled.
 """
+
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -113,9 +114,13 @@ def torchvision_stages(model: nn.Module, images: List[torch.Tensor]) -> Stages:
         num_locations = [feature.shape[-2] * feature.shape[-1] for feature in features]
         anchors_per_location = head_outputs["cls_logits"].shape[1] // sum(num_locations)
         split = [n * anchors_per_location for n in num_locations]
-        split_outputs = {key: list(value.split(split, dim=1)) for key, value in head_outputs.items()}
+        split_outputs = {
+            key: list(value.split(split, dim=1)) for key, value in head_outputs.items()
+        }
         split_anchors = [list(image_anchors.split(split)) for image_anchors in anchors]
-        detections = model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+        detections = model.postprocess_detections(
+            split_outputs, split_anchors, image_list.image_sizes
+        )
         return model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
     return list(zip(STAGES, (backbone, head, postprocess)))
@@ -235,7 +240,12 @@ def benchmark_inference(
         ),
     )
     finish_model_results(
-        results, all_steps, inference_targets, default_profile, options.profile, options.memory_repeats
+        results,
+        all_steps,
+        inference_targets,
+        default_profile,
+        options.profile,
+        options.memory_repeats,
     )
     return results
 

@@ -5,6 +5,7 @@ Detectron2 (one-hot targets of the valid rows into fvcore's ``sigmoid_focal_loss
 eager version and ``torchvision.ops.sigmoid_focal_loss``; and the peak memory each one needs on
 top of its inputs. Also the compile time of the compiled kernel for a new setting.
 """
+
 import functools
 import time
 from typing import Callable, Dict, Sequence, Tuple
@@ -81,7 +82,7 @@ def loss_step(method: str, alpha: float, gamma: float) -> Callable[[Tensor, Tens
     if method == "logits_copy":
         return lambda logits, labels: logits.detach().clone()
     if method.startswith("ours_"):
-        kernel = method[len("ours_"):]
+        kernel = method[len("ours_") :]
 
         def ours(logits: Tensor, labels: Tensor) -> Tensor:
             loss = sigmoid_focal_loss_from_labels(
@@ -185,7 +186,9 @@ def benchmark_losses(
                 gradient_l1=gradient_l1,
             )
         )
-        print(f"R = {num_anchors}: " + ", ".join(f"{m} {median_s[m] * 1e3:.1f} ms" for m in median_s))
+        print(
+            f"R = {num_anchors}: " + ", ".join(f"{m} {median_s[m] * 1e3:.1f} ms" for m in median_s)
+        )
         del logits, labels, calls
     memory = PeakMemory(torch_device)
     for entry in results.sizes:
@@ -232,8 +235,9 @@ def _compile_time_per_new_setting(
     for new_gamma in (gamma + 0.5, gamma + 1.5):
         step = loss_step("ours_compiled", alpha, new_gamma)
         start = time.perf_counter()
-        with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(
-            enable_autograd_cache=False
+        with (
+            torch._inductor.config.patch(fx_graph_cache=False),
+            torch._functorch.config.patch(enable_autograd_cache=False),
         ):
             step(logits, labels)
         synchronize(device)

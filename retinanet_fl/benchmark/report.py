@@ -2,6 +2,7 @@
 The Markdown reports of the benchmarks, rendered from their results alone, so that a report can be
 rendered again from its JSON (:func:`render`).
 """
+
 import statistics
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -158,7 +159,9 @@ def _profile_lines(profile: Profile, rows: int) -> List[str]:
         f"## Profile: {profile.time} per operator, one iteration at {profile.image_size} px, "
         f"batch {profile.batch_size}, {profile.precision}",
         "",
-        "| operator | " + " | ".join(f"{name} ms (calls)" for name in names) + " |"
+        "| operator | "
+        + " | ".join(f"{name} ms (calls)" for name in names)
+        + " |"
         + (" ours − detectron2 ms |" if both else ""),
         "|---|" + "---:|" * (len(names) + both),
     ]

@@ -6,6 +6,7 @@ and read back by :func:`from_json`; the field names are the keys of the committe
 ``benchmarks/results/*.json``. A field declared with :func:`optional` is left out of the JSON
 while it (or the field it names) is None; every other field is always written.
 """
+
 import dataclasses
 import json
 import typing
@@ -114,7 +115,7 @@ def from_json(kind: Type[T], data: object) -> T:
             key = f.name
             if _KEY_PREFIX in f.metadata:
                 key = next(k for k in data if k.startswith(f.metadata[_KEY_PREFIX]))
-                values[f.metadata[_KEY_FROM]] = key[len(f.metadata[_KEY_PREFIX]):]
+                values[f.metadata[_KEY_FROM]] = key[len(f.metadata[_KEY_PREFIX]) :]
             if key in data:
                 values[f.name] = from_json(hints[f.name], data[key])
         return kind(**values)

@@ -4,6 +4,7 @@ The pass/fail targets of every benchmark, and their evaluation on one entry.
 Model targets are ratios ours / other model of the same run (time: medians; memory: peaks above
 what is held before a step); loss targets compare the loss methods of the same run.
 """
+
 from typing import Dict
 
 from .results import DETECTRON2, TORCHVISION, InferenceEntry, LossEntry, Target, TrainEntry

@@ -5,6 +5,7 @@ Detectron2's RetinaNet R-50-FPN config with only ``MODEL.META_ARCHITECTURE`` cha
 identical weights: seconds per iteration, the forward / backward / optimizer split, the
 classification loss's share, and peak memory. Settings that miss the time target are profiled.
 """
+
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict

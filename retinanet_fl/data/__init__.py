@@ -1,4 +1,5 @@
 """Datasets this project ships."""
+
 from . import synthetic  # noqa: F401  registers synthetic_train / synthetic_val
 from .mapper import RobustDatasetMapper, read_image  # noqa: F401
 from .sanitize import DatasetReport, load_dataset_dicts, prepare_dataset_dicts  # noqa: F401

@@ -1,4 +1,5 @@
 """Detectron2's DatasetMapper, reading any image into INPUT.FORMAT, with errors that name the file."""
+
 import copy
 import logging
 from typing import Dict
@@ -104,7 +105,9 @@ class RobustDatasetMapper(DatasetMapper):
             # Detectron2's resize scales the box array in place: integer boxes would be truncated.
             if "bbox" in annotation:
                 annotation["bbox"] = [float(value) for value in annotation["bbox"]]
-        num_boxes = sum(not annotation.get("iscrowd", 0) for annotation in dataset_dict["annotations"])
+        num_boxes = sum(
+            not annotation.get("iscrowd", 0) for annotation in dataset_dict["annotations"]
+        )
         self._transform_annotations(dataset_dict, transforms, image_shape)
         num_dropped = num_boxes - len(dataset_dict["instances"])
         if num_dropped:

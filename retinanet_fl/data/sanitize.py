@@ -19,6 +19,7 @@ What happens to each kind of bad input:
   the paper's code base, does);
 * image files that do not exist: a ``FileNotFoundError`` naming them, before training starts.
 """
+
 import collections
 import dataclasses
 import itertools
@@ -85,7 +86,9 @@ class DatasetReport:
     num_boxes: int = 0
     num_crowd: int = 0
     dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    unknown_category_ids: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    unknown_category_ids: collections.Counter = dataclasses.field(
+        default_factory=collections.Counter
+    )
     num_clipped: int = 0
     num_images_without_annotations: int = 0
     num_images_emptied: int = 0
@@ -104,7 +107,9 @@ class DatasetReport:
         parts = [f"{self.dataset_name}: {self.num_images} images, {self.num_boxes} boxes"]
         drops = [f"{count} boxes {reason}" for reason, count in self.dropped.items() if count]
         if self.unknown_category_ids:
-            ids = ", ".join(f"{cat_id} x{n}" for cat_id, n in self.unknown_category_ids.most_common())
+            ids = ", ".join(
+                f"{cat_id} x{n}" for cat_id, n in self.unknown_category_ids.most_common()
+            )
             drops.append(
                 f"{sum(self.unknown_category_ids.values())} boxes with category ids not in the "
                 f"dataset ({ids})"
@@ -199,7 +204,9 @@ def check_image_files(dataset_dicts: Sequence[Dict], dataset_name: str) -> None:
         dataset_name: its registered name, for the message.
     """
     missing = [
-        record["file_name"] for record in dataset_dicts if not PathManager.exists(record["file_name"])
+        record["file_name"]
+        for record in dataset_dicts
+        if not PathManager.exists(record["file_name"])
     ]
     if not missing:
         return
@@ -227,7 +234,9 @@ def _boxes_to_xyxy(boxes: np.ndarray, modes: Sequence[BoxMode]) -> np.ndarray:
     is_xywh = modes == BoxMode.XYWH_ABS
     xyxy[is_xywh, 2:] += xyxy[is_xywh, :2]
     for index in np.flatnonzero(~is_xywh & (modes != BoxMode.XYXY_ABS)):  # rare: one by one
-        xyxy[index] = BoxMode.convert(boxes[index].tolist(), BoxMode(modes[index]), BoxMode.XYXY_ABS)
+        xyxy[index] = BoxMode.convert(
+            boxes[index].tolist(), BoxMode(modes[index]), BoxMode.XYXY_ABS
+        )
     return xyxy
 
 
@@ -312,7 +321,9 @@ def sanitize_dataset_dicts(
                 annotations.append(entry)
             elif was_clipped[entry]:
                 clipped_box = clipped[entry].tolist()
-                annotations.append(dict(candidates[entry], bbox=clipped_box, bbox_mode=BoxMode.XYXY_ABS))
+                annotations.append(
+                    dict(candidates[entry], bbox=clipped_box, bbox_mode=BoxMode.XYXY_ABS)
+                )
             elif keep[entry]:
                 annotations.append(candidates[entry])
         if not any(not annotation.get("iscrowd", 0) for annotation in annotations):

@@ -1,4 +1,5 @@
 """Training, evaluation and multi-process launch, built on Detectron2's engine."""
+
 from .checkpoint import AtomicCheckpointer
 from .launch import create_ddp_model, launch
 from .trainer import Trainer

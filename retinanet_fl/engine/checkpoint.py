@@ -1,4 +1,5 @@
 """A DetectionCheckpointer whose files are written atomically and whose load errors name the file."""
+
 import os
 import tempfile
 from typing import Any, Dict
@@ -13,7 +14,9 @@ def _write_atomically(path: str, write: Any, mode: str) -> None:
     A process killed at any moment leaves either the old file or the complete new one.
     """
     directory = os.path.dirname(path) or "."
-    file_descriptor, temporary_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    file_descriptor, temporary_path = tempfile.mkstemp(
+        dir=directory, prefix=".tmp-", suffix=os.path.basename(path)
+    )
     try:
         with os.fdopen(file_descriptor, mode) as f:
             write(f)

@@ -12,6 +12,7 @@ config invites in a RetinaNet and that the model's own validation cannot see:
 and, during training, :func:`check_losses_finite`, which stops at the first NaN or infinite loss.
 The values of every key are checked where they are consumed (the constructors of the modules).
 """
+
 import logging
 import math
 from typing import Dict, Mapping, Sequence

@@ -1,4 +1,5 @@
 """Multi-process launch on GPUs (NCCL) and CPUs (gloo), by Detectron2's ``launch`` or by torchrun."""
+
 import logging
 import os
 from typing import Any, Callable, Optional, Sequence

@@ -1,4 +1,5 @@
 """Detectron2's SGD optimizer, or AdamW with the same parameter groups, from ``SOLVER.OPTIMIZER``."""
+
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer as build_sgd_optimizer
@@ -31,6 +32,9 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
     optimizer = torch.optim.AdamW(
-        params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.ADAM_BETAS), weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        betas=tuple(cfg.SOLVER.ADAM_BETAS),
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
     return maybe_add_gradient_clipping(cfg, optimizer)

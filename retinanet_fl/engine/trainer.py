@@ -1,4 +1,5 @@
 """Detectron2's DefaultTrainer with our evaluators, CPU-capable DDP, atomic checkpoints and clear data errors."""
+
 import contextlib
 import logging
 import os
@@ -6,7 +7,11 @@ import weakref
 from typing import Iterator, Sequence
 
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
@@ -14,7 +19,12 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
 from .checkpoint import AtomicCheckpointer
-from .checks import check_losses_finite, check_model_config, check_num_classes, warn_unread_anchor_sizes
+from .checks import (
+    check_losses_finite,
+    check_model_config,
+    check_num_classes,
+    warn_unread_anchor_sizes,
+)
 from .launch import create_ddp_model
 from .optimizer import build_optimizer
 
@@ -33,7 +43,8 @@ def explain_missing_dataset(dataset_names: Sequence[str]) -> Iterator[None]:
     except FileNotFoundError as error:
         root = os.environ.get("DETECTRON2_DATASETS", "datasets")
         raise FileNotFoundError(
-            f"Dataset {', '.join(dataset_names)} not found ({error}). " + DATASETS_HELP.format(root=root)
+            f"Dataset {', '.join(dataset_names)} not found ({error}). "
+            + DATASETS_HELP.format(root=root)
         ) from error
 
 
@@ -111,8 +122,12 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
-        dataset = prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-        return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, True), dataset=dataset)
+        dataset = prepare_dataset_dicts(
+            loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
+        return build_detection_train_loader(
+            cfg, mapper=RobustDatasetMapper(cfg, True), dataset=dataset
+        )
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -125,7 +140,9 @@ class Trainer(DefaultTrainer):
         )
 
     @classmethod
-    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None) -> DatasetEvaluator:
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: str = None
+    ) -> DatasetEvaluator:
         """
         Returns:
             COCOEvaluator (box AP) for COCO-format datasets, PascalVOCDetectionEvaluator for VOC.

@@ -1,4 +1,5 @@
 """Layers of the paper: the focal loss and its variants as functions (closed-form gradients)."""
+
 from .focal_loss import (
     KERNELS,
     sigmoid_focal_loss,

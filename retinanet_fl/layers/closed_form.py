@@ -169,9 +169,7 @@ def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
 _EAGER_CHUNK_ELEMENTS = 2**18
 
 
-def _eager_in_chunks(
-    logits: Tensor, target: Tensor, *settings
-) -> Tuple[Tensor, Optional[Tensor]]:
+def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor, Optional[Tensor]]:
     """
     The eager kernel: ``_loss_and_grad`` over blocks of rows, written into preallocated outputs,
     so that its temporaries take a chunk's memory instead of the whole tensor's.

@@ -4,6 +4,7 @@ Detectron (Caffe2) RetinaNet checkpoints: the parameter names Detectron2's conve
 and the FPN laterals/outputs, not P6/P7 nor the RetinaNet head. Applied by the model when it loads a
 state dict, so every checkpointer (``DetectionCheckpointer``, ``DefaultPredictor``) loads them.
 """
+
 import re
 from typing import Dict, List, Optional
 
@@ -22,7 +23,9 @@ _CAFFE2_RETINANET_TOWER_KEY = re.compile(
 )
 
 
-def rename_caffe2_retinanet_keys(state_dict: Dict[str, Tensor], prefix: str, head: nn.Module) -> None:
+def rename_caffe2_retinanet_keys(
+    state_dict: Dict[str, Tensor], prefix: str, head: nn.Module
+) -> None:
     """
     Rename, in place, the Detectron (Caffe2) RetinaNet keys of ``state_dict`` under ``prefix`` to
     our parameter names; other keys, and keys whose new name is already present, are left alone.
@@ -33,7 +36,8 @@ def rename_caffe2_retinanet_keys(state_dict: Dict[str, Tensor], prefix: str, hea
         head: the model's head, whose towers give the conv names (they may interleave norms).
     """
     tower_conv_names = {
-        tower: _conv_child_names(getattr(head, f"{tower}_subnet", None)) for tower in ("cls", "bbox")
+        tower: _conv_child_names(getattr(head, f"{tower}_subnet", None))
+        for tower in ("cls", "bbox")
     }
     for key in [k for k in state_dict if k.startswith(prefix)]:
         new_name = _caffe2_retinanet_name(key[len(prefix) :], tower_conv_names)

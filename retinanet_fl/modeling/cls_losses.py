@@ -41,6 +41,7 @@ __all__ = [
     "ohem_select",
 ]
 
+
 class _NamedRegistry(Registry):
     """Detectron2's registry, with entries named by the config value (``"focal"``) rather than
     by the class name."""

@@ -2,6 +2,7 @@
 Anchor labelling (paper §4, "Anchors"): Detectron2's ``Matcher`` on IoU computed in chunks of
 anchors, so that labelling ~100k anchors against many GT boxes never holds the whole IoU matrix.
 """
+
 import copy
 from typing import Sequence, Tuple
 

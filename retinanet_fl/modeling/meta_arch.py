@@ -44,6 +44,7 @@ BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 # Detectron2 starts its moving average of the positive-anchor count at 100.
 _EMA_NORMALIZER_START = 100.0
 
+
 @META_ARCH_REGISTRY.register()
 class FocalLossRetinaNet(DenseDetector):
     """

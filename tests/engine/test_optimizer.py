@@ -33,7 +33,9 @@ def test_adamw_keeps_detectron2s_parameter_groups():
     assert adamw.defaults["betas"] == (0.9, 0.999)
 
     def decays(optimizer):
-        return sorted((len(group["params"]), group["weight_decay"]) for group in optimizer.param_groups)
+        return sorted(
+            (len(group["params"]), group["weight_decay"]) for group in optimizer.param_groups
+        )
 
     assert decays(adamw) == decays(sgd)
     assert {0.0, 0.05} == {group["weight_decay"] for group in adamw.param_groups}
@@ -54,5 +56,7 @@ def test_adamw_clips_gradients_when_asked():
 
 
 def test_unknown_optimizer_names_the_choices():
-    with pytest.raises(ValueError, match=r"SOLVER.OPTIMIZER must be one of \('SGD', 'AdamW'\), got 'Adam'"):
+    with pytest.raises(
+        ValueError, match=r"SOLVER.OPTIMIZER must be one of \('SGD', 'AdamW'\), got 'Adam'"
+    ):
         build_optimizer(_cfg("Adam"), _model())

@@ -1,4 +1,5 @@
 """The Trainer stops at the first NaN or infinite loss, naming the iteration and the term."""
+
 import pytest
 import torch
 
@@ -7,7 +8,9 @@ from retinanet_fl.engine.trainer import Trainer
 from retinanet_fl.modeling.cls_losses import FocalClsLoss
 
 
-def test_nan_loss_stops_training_naming_iteration_and_term(tiny_images, tmp_path, monkeypatch, train_cfg, register_tiny):
+def test_nan_loss_stops_training_naming_iteration_and_term(
+    tiny_images, tmp_path, monkeypatch, train_cfg, register_tiny
+):
     calls = []
     original_forward = FocalClsLoss.forward
 
@@ -22,7 +25,9 @@ def test_nan_loss_stops_training_naming_iteration_and_term(tiny_images, tmp_path
     with pytest.raises(FloatingPointError) as error:
         trainer.train()
     message = str(error.value)
-    assert message.startswith("Non-finite loss at iteration 1: loss_cls = nan (finite: loss_box_reg = ")
+    assert message.startswith(
+        "Non-finite loss at iteration 1: loss_cls = nan (finite: loss_box_reg = "
+    )
     assert "SOLVER.BASE_LR" in message
     assert trainer.iter == 1
     # It stopped before the optimizer step: the NaN gradients never reached the weights.
@@ -30,8 +35,12 @@ def test_nan_loss_stops_training_naming_iteration_and_term(tiny_images, tmp_path
     assert [it for _, it in trainer.storage.history("loss_cls").values()] == [0]
 
 
-def test_absurd_learning_rate_stops_training_with_a_named_term(tiny_images, tmp_path, train_cfg, register_tiny):
-    cfg = train_cfg(register_tiny(tiny_images[1]), tmp_path, "SOLVER.BASE_LR", "1e12", "SOLVER.MAX_ITER", "10")
+def test_absurd_learning_rate_stops_training_with_a_named_term(
+    tiny_images, tmp_path, train_cfg, register_tiny
+):
+    cfg = train_cfg(
+        register_tiny(tiny_images[1]), tmp_path, "SOLVER.BASE_LR", "1e12", "SOLVER.MAX_ITER", "10"
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     message = r"^Non-finite loss at iteration \d+: loss_(cls|box_reg) = (nan|inf)"

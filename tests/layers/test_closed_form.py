@@ -2,6 +2,7 @@
 The kernel machinery of the losses: compile settings (and the PyTorch bug they avoid), the eager
 kernel's row blocks, and the fallback when compiling fails.
 """
+
 import logging
 
 import pytest
@@ -24,11 +25,15 @@ def test_eager_kernel_in_chunks_equals_one_pass(monkeypatch, reduction):
     labels = random_labels(50)
     targets = torch.rand(50, NUM_CLASSES, dtype=torch.float64)
     calls = {
-        "labels": lambda x: sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, reduction, "eager"),
+        "labels": lambda x: sigmoid_focal_loss_from_labels(
+            x, labels, 0.25, 2.0, reduction, "eager"
+        ),
         "targets": lambda x: sigmoid_focal_loss(x, targets, 0.25, 0.5, reduction, "eager"),
     }
     one_pass = {name: value_and_grad(call, logits) for name, call in calls.items()}
-    monkeypatch.setattr(closed_form, "_EAGER_CHUNK_ELEMENTS", 3 * NUM_CLASSES)  # 17 chunks of 3 rows
+    monkeypatch.setattr(
+        closed_form, "_EAGER_CHUNK_ELEMENTS", 3 * NUM_CLASSES
+    )  # 17 chunks of 3 rows
     for name, call in calls.items():
         chunked = value_and_grad(call, logits)
         torch.testing.assert_close(chunked[0], one_pass[name][0], rtol=1e-12, atol=0, msg=name)

@@ -410,7 +410,9 @@ def test_registry_losses_do_not_depend_on_earlier_calls(kernel):
         expected = float64_reference(name, logits, labels, gamma, alpha, 1.0)
         setting = (name, gamma, alpha)
         if expected is not None:
-            torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=0, msg=str(setting))
+            torch.testing.assert_close(
+                value.double(), expected, rtol=1e-5, atol=0, msg=str(setting)
+            )
         # The second pass returns exactly what the first did.
         if setting in first_results:
             assert torch.equal(first_results[setting][0], value), setting

@@ -28,7 +28,16 @@ def _predictions(model, images):
 
 @pytest.mark.parametrize(
     "logit, delta",
-    [(NAN, 0.0), (-INF, 0.0), (INF, 0.0), (2.0, NAN), (2.0, INF), (2.0, -INF), (INF, INF), (NAN, NAN)],
+    [
+        (NAN, 0.0),
+        (-INF, 0.0),
+        (INF, 0.0),
+        (2.0, NAN),
+        (2.0, INF),
+        (2.0, -INF),
+        (INF, INF),
+        (NAN, NAN),
+    ],
 )
 @torch.no_grad()
 def test_non_finite_predictions_do_not_crash_inference(eval_model, logit, delta):
@@ -51,6 +60,7 @@ def test_non_finite_predictions_do_not_crash_inference(eval_model, logit, delta)
 @torch.no_grad()
 def test_full_inference_returns_only_finite_boxes_inside_the_image(eval_model):
     """Non-finite deltas for half the anchors, NaN and inf pixels: detections stay usable."""
+
     def corrupt_head(module, inputs, outputs):
         logits, deltas = outputs
         for level in deltas:
@@ -61,7 +71,9 @@ def test_full_inference_returns_only_finite_boxes_inside_the_image(eval_model):
     image = torch.rand(3, IMAGE_SIZE, IMAGE_SIZE) * 255
     handle = eval_model.head.register_forward_hook(corrupt_head)
     try:
-        (output,) = eval_model([{"image": image, "height": 2 * IMAGE_SIZE, "width": 2 * IMAGE_SIZE}])
+        (output,) = eval_model(
+            [{"image": image, "height": 2 * IMAGE_SIZE, "width": 2 * IMAGE_SIZE}]
+        )
     finally:
         handle.remove()
     boxes = output["instances"].pred_boxes.tensor
