@@ -19,5 +19,5 @@ setup(
         "matplotlib",
         "Pillow",
     ],
-    extras_require={"dev": ["pytest"]},
+    extras_require={"dev": ["pytest", "ruff"]},
 )

@@ -42,7 +42,8 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE = 128
     # OHEM: IoU threshold of the NMS among examples, scored by their loss.
     _C.MODEL.RETINANET_FL.OHEM_NMS_THRESH = 0.7
-    # OHEM: negatives per positive among the kept examples (3 = the paper's "OHEM 1:3"; 0 = no ratio).
+    # OHEM: negatives per positive among the kept examples (3 = the paper's "OHEM 1:3";
+    # 0 = no ratio).
     _C.MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO = 0.0
     # "compiled" (one fused kernel through torch.compile) or "eager" (closed form, no compile step).
     _C.MODEL.RETINANET_FL.LOSS_KERNEL = "compiled"
@@ -51,7 +52,8 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     # False sets it to 0 (the "no prior" ablation).
     _C.MODEL.RETINANET_FL.USE_PRIOR_INIT = True
 
-    # OctaveAnchorGenerator: base size = ANCHOR_SCALE × stride; sizes base × 2^(i / SCALES_PER_OCTAVE);
+    # OctaveAnchorGenerator: base size = ANCHOR_SCALE × stride;
+    # sizes base × 2^(i / SCALES_PER_OCTAVE);
     # aspect ratios from MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS.
     _C.MODEL.RETINANET_FL.ANCHOR_SCALE = 4.0
     _C.MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE = 3
@@ -83,8 +85,9 @@ def get_cfg() -> CN:
 
 def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     """
-    Build a config the way this project's tools do: defaults, then the file, then ``KEY VALUE`` overrides.
-    On a machine without CUDA, a CUDA ``MODEL.DEVICE`` falls back to the CPU with a warning.
+    Build a config the way this project's tools do: defaults, then the file, then ``KEY VALUE``
+    overrides. On a machine without CUDA, a CUDA ``MODEL.DEVICE`` falls back to the CPU with a
+    warning.
 
     Args:
         config_file: a YAML config (may use ``_BASE_``); empty for the defaults alone.

@@ -1,8 +1,10 @@
-"""
+r"""
 Run a checkpoint on images and save pictures of its detections and a JSON of its boxes.
 
-    python -m retinanet_fl.predict --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
-        --input img1.jpg img2.jpg (or a folder) --output out/ MODEL.WEIGHTS output/synthetic/model_final.pth
+    python -m retinanet_fl.predict \
+        --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
+        --input img1.jpg img2.jpg (or a folder) --output out/ \
+        MODEL.WEIGHTS output/synthetic/model_final.pth
 """
 
 import argparse
@@ -52,7 +54,7 @@ def list_images(inputs: Sequence[str]) -> List[str]:
 
 
 def build_predictor(cfg: CfgNode) -> DefaultPredictor:
-    """Detectron2's DefaultPredictor with MODEL.WEIGHTS loaded by our checkpointer (clear errors)."""
+    """Detectron2's DefaultPredictor, MODEL.WEIGHTS loaded by our checkpointer (clear errors)."""
     weights = cfg.MODEL.WEIGHTS
     cfg = cfg.clone()
     cfg.MODEL.WEIGHTS = ""

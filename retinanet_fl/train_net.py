@@ -1,10 +1,11 @@
-"""
+r"""
 Train or evaluate FocalLossRetinaNet with Detectron2's trainer, in Detectron2's train_net.py style;
 the repository's ``train_net.py`` and ``python -m retinanet_fl.train_net`` run it.
 
     python train_net.py --config-file configs/retinanet_R50_FPN.yaml --num-gpus 8
-    python train_net.py --config-file configs/retinanet_R50_FPN.yaml --eval-only MODEL.WEIGHTS model.pth
-    python train_net.py --config-file ... --resume          # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file configs/retinanet_R50_FPN.yaml --eval-only \
+        MODEL.WEIGHTS model.pth
+    python train_net.py --config-file ... --resume  # continue from OUTPUT_DIR/last_checkpoint
     torchrun --nproc_per_node 2 train_net.py --config-file ...
 
 Without CUDA, ``--num-gpus N`` runs N worker processes on the CPU with gloo.

@@ -1,4 +1,5 @@
-"""End-to-end runs of train_net.py on a tiny synthetic dataset: train, evaluate, resume, 2 CPU workers."""
+"""End-to-end runs of train_net.py on a tiny synthetic dataset: train, evaluate, resume, 2 CPU
+workers."""
 
 import json
 import os
@@ -130,7 +131,8 @@ def test_resume_continues_from_saved_iteration_with_same_lr(trained_run, dataset
 
 
 def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
-    # Frozen BatchNorm and no flip, so one image on each of 2 workers sees exactly what a batch of 2 sees.
+    # Frozen BatchNorm and no flip, so one image on each of 2 workers sees exactly what a batch of 2
+    # sees.
     opts = [
         "SOLVER.MAX_ITER",
         "1",
@@ -165,7 +167,8 @@ def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
 def test_resume_after_sigkill_while_saving_finishes_the_schedule(
     trained_run, datasets_root, tmp_path
 ):
-    # Kill the run right after it announces its second checkpoint, i.e. while that file is being written.
+    # Kill the run right after it announces its second checkpoint, i.e. while that file is being
+    # written.
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1")
     command = [
         sys.executable,

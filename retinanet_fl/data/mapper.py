@@ -1,4 +1,4 @@
-"""Detectron2's DatasetMapper, reading any image into INPUT.FORMAT, with errors that name the file."""
+"""Detectron2's DatasetMapper, reading any image into INPUT.FORMAT, with errors naming the file."""
 
 import copy
 import logging

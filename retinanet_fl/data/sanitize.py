@@ -216,7 +216,8 @@ def check_image_files(dataset_dicts: Sequence[Dict], dataset_name: str) -> None:
     raise FileNotFoundError(
         f"Dataset '{dataset_name}': {len(missing)} of {len(dataset_dicts)} image files do not "
         f"exist: {listed}{more}. The dataset's image_root is '{image_root}': check the image_root "
-        "it was registered with (e.g. register_coco_instances) and the images' file_name in its json."
+        "it was registered with (e.g. register_coco_instances) and the images' file_name in its "
+        "json."
     )
 
 

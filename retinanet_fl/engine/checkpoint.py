@@ -1,4 +1,4 @@
-"""A DetectionCheckpointer whose files are written atomically and whose load errors name the file."""
+"""A DetectionCheckpointer that writes its files atomically and whose load errors name the file."""
 
 import os
 import tempfile
@@ -9,7 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 
 def _write_atomically(path: str, write: Any, mode: str) -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it onto ``path``.
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it onto it.
 
     A process killed at any moment leaves either the old file or the complete new one.
     """
@@ -31,8 +31,8 @@ def _write_atomically(path: str, write: Any, mode: str) -> None:
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """
-    Detectron2's checkpointer, with crash-safe saving: each checkpoint is written to a temporary file
-    and renamed into place, and ``last_checkpoint`` is updated only after that, so the latest
+    Detectron2's checkpointer, with crash-safe saving: each checkpoint is written to a temporary
+    file and renamed into place, and ``last_checkpoint`` is updated only after that, so the latest
     checkpoint it names is always complete. Files that cannot be read raise an error naming them.
     """
 
@@ -56,8 +56,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(
-                f"Weights file '{path}' does not exist. Check MODEL.WEIGHTS (or the last_checkpoint "
-                "file in OUTPUT_DIR when resuming)."
+                f"Weights file '{path}' does not exist. Check MODEL.WEIGHTS (or the "
+                "last_checkpoint file in OUTPUT_DIR when resuming)."
             )
         return super().load(path, *args, **kwargs)
 

@@ -1,4 +1,4 @@
-"""Multi-process launch on GPUs (NCCL) and CPUs (gloo), by Detectron2's ``launch`` or by torchrun."""
+"""Multi-process launch on GPUs (NCCL) and CPUs (gloo), by Detectron2's ``launch`` or torchrun."""
 
 import logging
 import os

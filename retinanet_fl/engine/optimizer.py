@@ -1,4 +1,4 @@
-"""Detectron2's SGD optimizer, or AdamW with the same parameter groups, from ``SOLVER.OPTIMIZER``."""
+"""Detectron2's SGD optimizer, or AdamW with the same parameter groups, by ``SOLVER.OPTIMIZER``."""
 
 import torch
 from detectron2.config import CfgNode
@@ -15,9 +15,9 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
         model: the model whose parameters to optimize.
 
     Returns:
-        Detectron2's SGD (``build_optimizer``) or AdamW with the same per-parameter learning rates and
-        weight decays (``SOLVER.BIAS_LR_FACTOR``, ``WEIGHT_DECAY_NORM``, ...) and the same optional
-        gradient clipping (``SOLVER.CLIP_GRADIENTS``).
+        Detectron2's SGD (``build_optimizer``) or AdamW with the same per-parameter learning rates
+        and weight decays (``SOLVER.BIAS_LR_FACTOR``, ``WEIGHT_DECAY_NORM``, ...) and the same
+        optional gradient clipping (``SOLVER.CLIP_GRADIENTS``).
     """
     name = cfg.SOLVER.OPTIMIZER
     if name == "SGD":

@@ -1,4 +1,7 @@
-"""Detectron2's DefaultTrainer with our evaluators, CPU-capable DDP, atomic checkpoints and clear data errors."""
+"""
+Detectron2's DefaultTrainer with our evaluators, CPU-capable DDP, atomic checkpoints and clear data
+errors.
+"""
 
 import contextlib
 import logging
@@ -152,8 +155,9 @@ class Trainer(DefaultTrainer):
             return PascalVOCDetectionEvaluator(dataset_name)
         if evaluator_type != "coco":
             raise ValueError(
-                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; this trainer evaluates "
-                "box detection on COCO-format ('coco') or Pascal VOC ('pascal_voc') datasets."
+                f"Dataset '{dataset_name}' has evaluator_type '{evaluator_type}'; this trainer "
+                "evaluates box detection on COCO-format ('coco') or Pascal VOC ('pascal_voc') "
+                "datasets."
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)

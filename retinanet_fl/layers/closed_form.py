@@ -108,10 +108,10 @@ def _loss_and_grad(
 # Each setting (path, loss, dtype, γ, α, β, reduction) is one compiled graph. Python floats are
 # specialized explicitly: with torch 2.14's default (specialize_float=False) the compiler turns
 # γ into a symbolic input, bakes the value of the first recompile into pow() without a guard, and
-# silently reuses it for every later γ (pytorch/pytorch#194976; tests/layers/test_closed_form.py keeps a
-# reproduction). Specialized, γ is a guarded constant and γ = 2 becomes a multiplication (about
-# 1.7x faster than a runtime exponent on CPU). Dynamo runs a function uncompiled after 8 graphs
-# by default; a sweep over settings in one process (tests, ablations) needs more.
+# silently reuses it for every later γ (pytorch/pytorch#194976; tests/layers/test_closed_form.py
+# keeps a reproduction). Specialized, γ is a guarded constant and γ = 2 becomes a multiplication
+# (about 1.7x faster than a runtime exponent on CPU). Dynamo runs a function uncompiled after 8
+# graphs by default; a sweep over settings in one process (tests, ablations) needs more.
 _COMPILE_CONFIG = {"specialize_float": True, "recompile_limit": 64}
 
 

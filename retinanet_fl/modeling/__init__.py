@@ -1,4 +1,7 @@
-"""Our meta-architecture, anchor generator, head and classification losses, registered into Detectron2."""
+"""
+Our meta-architecture, anchor generator, head and classification losses, registered into
+Detectron2.
+"""
 
 from . import (
     anchors,  # noqa: F401  registers OctaveAnchorGenerator

@@ -314,17 +314,18 @@ class OHEMClsLoss(nn.Module):
         super().__init__()
         if not (isinstance(batch_size_per_image, int) and batch_size_per_image > 0):
             raise ValueError(
-                "batch_size_per_image (MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE) must be an integer > 0, "
-                f"got {batch_size_per_image!r}."
+                "batch_size_per_image (MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE) must be an "
+                f"integer > 0, got {batch_size_per_image!r}."
             )
         if not (0 < nms_thresh <= 1):
             raise ValueError(
-                f"nms_thresh (MODEL.RETINANET_FL.OHEM_NMS_THRESH) must be in (0, 1], got {nms_thresh}."
+                "nms_thresh (MODEL.RETINANET_FL.OHEM_NMS_THRESH) must be in (0, 1], "
+                f"got {nms_thresh}."
             )
         if not (math.isfinite(neg_pos_ratio) and neg_pos_ratio >= 0):
             raise ValueError(
-                "neg_pos_ratio (MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO) must be a finite number >= 0 "
-                f"(0 for no ratio, 3 for OHEM 1:3), got {neg_pos_ratio}."
+                "neg_pos_ratio (MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO) must be a finite number "
+                f">= 0 (0 for no ratio, 3 for OHEM 1:3), got {neg_pos_ratio}."
             )
         self.batch_size_per_image = batch_size_per_image
         self.nms_thresh = float(nms_thresh)

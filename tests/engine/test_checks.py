@@ -1,5 +1,5 @@
-"""Config mistakes caught when the model and the data are built: each error or warning names the key,
-the value and what is allowed."""
+"""Config mistakes caught when the model and the data are built: each error or warning names the
+key, the value and what is allowed."""
 
 import json
 import logging
@@ -98,7 +98,8 @@ def test_num_classes_not_matching_the_dataset_names_both_numbers(
         Trainer.build_model(cfg)
     message = str(error.value)
     assert (
-        f"MODEL.RETINANET.NUM_CLASSES = 80 does not match the 3 categories (thing_classes) of dataset '{name}'"
+        "MODEL.RETINANET.NUM_CLASSES = 80 does not match the 3 categories (thing_classes) of "
+        f"dataset '{name}'"
     ) in message
     assert "Set MODEL.RETINANET.NUM_CLASSES 3" in message
     assert "ROI_HEADS" not in message
@@ -123,7 +124,8 @@ def test_num_classes_not_matching_the_dataset_names_both_numbers(
 
 
 def test_num_classes_of_a_coco_json_is_checked_once_loaded(tiny_images, tmp_path, train_cfg):
-    """register_coco_instances sets thing_classes when the json is read: the train loader checks then."""
+    """register_coco_instances sets thing_classes when the json is read: the train loader checks
+    then."""
     root, records = tiny_images
     size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
     images = [
@@ -198,7 +200,8 @@ def test_settings_under_roi_heads_warn_that_retinanet_reads_its_own(
     (message,) = check_warnings()
     assert message == (
         f"MODEL.ROI_HEADS.{key} is set to {value!r}, but FocalLossRetinaNet reads "
-        f"MODEL.RETINANET.{key} (now {cfg.MODEL.RETINANET[key]!r}): set MODEL.RETINANET.{key} {value!r} instead."
+        f"MODEL.RETINANET.{key} (now {cfg.MODEL.RETINANET[key]!r}): "
+        f"set MODEL.RETINANET.{key} {value!r} instead."
     )
     # Set in both places: the user knows which one the model reads.
     cfg.MODEL.RETINANET[key] = value
@@ -211,13 +214,13 @@ def test_settings_under_roi_heads_warn_that_retinanet_reads_its_own(
     [
         (
             ["MODEL.RETINANET_FL.OHEM_NMS_THRESH", "0.5"],
-            "MODEL.RETINANET_FL.OHEM_NMS_THRESH set but not used: only MODEL.RETINANET_FL.CLS_LOSS 'ohem' reads "
-            "them, and it is 'focal'",
+            "MODEL.RETINANET_FL.OHEM_NMS_THRESH set but not used: "
+            "only MODEL.RETINANET_FL.CLS_LOSS 'ohem' reads them, and it is 'focal'",
         ),
         (
             ["MODEL.RETINANET_FL.FOCAL_STAR_GAMMA", "4.0", "MODEL.RETINANET_FL.CLS_LOSS", "ce"],
-            "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA set but not used: only MODEL.RETINANET_FL.CLS_LOSS 'focal_star' "
-            "reads them, and it is 'ce'",
+            "MODEL.RETINANET_FL.FOCAL_STAR_GAMMA set but not used: "
+            "only MODEL.RETINANET_FL.CLS_LOSS 'focal_star' reads them, and it is 'ce'",
         ),
         (
             [
@@ -226,8 +229,8 @@ def test_settings_under_roi_heads_warn_that_retinanet_reads_its_own(
                 "MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE",
                 "2",
             ],
-            "MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE set but not used: only MODEL.ANCHOR_GENERATOR.NAME "
-            "'OctaveAnchorGenerator' reads them",
+            "MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE set but not used: "
+            "only MODEL.ANCHOR_GENERATOR.NAME 'OctaveAnchorGenerator' reads them",
         ),
         (
             ["MODEL.META_ARCHITECTURE", "RetinaNet"],

@@ -185,11 +185,21 @@ def test_labels_path_equals_one_hot_path(reduction, star, kernel):
     valid = labels >= 0
     targets = one_hot(labels, NUM_CLASSES)
     if star:
-        from_labels = lambda x: star_labels(x, labels, 4.0, 0.0, 0.25, reduction)
-        dense = lambda x: star_dense(x[valid], targets[valid], 4.0, 0.0, 0.25, reduction)
+
+        def from_labels(x):
+            return star_labels(x, labels, 4.0, 0.0, 0.25, reduction)
+
+        def dense(x):
+            return star_dense(x[valid], targets[valid], 4.0, 0.0, 0.25, reduction)
+
     else:
-        from_labels = lambda x: focal_labels(x, labels, 0.25, 2.0, reduction)
-        dense = lambda x: focal(x[valid], targets[valid], 0.25, 2.0, reduction)
+
+        def from_labels(x):
+            return focal_labels(x, labels, 0.25, 2.0, reduction)
+
+        def dense(x):
+            return focal(x[valid], targets[valid], 0.25, 2.0, reduction)
+
     value, grad = value_and_grad(from_labels, logits)
     expected_value, expected_grad = value_and_grad(dense, logits)
     if reduction == "none":

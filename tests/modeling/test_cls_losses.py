@@ -154,7 +154,8 @@ def test_losses_accept_half_precision_logits():
             "ohem",
             "MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE",
             0,
-            r"batch_size_per_image \(MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE\) must be an integer > 0, got 0",
+            r"batch_size_per_image \(MODEL.RETINANET_FL.OHEM_BATCH_SIZE_PER_IMAGE\) "
+            r"must be an integer > 0, got 0",
         ),
         (
             "ohem",
@@ -172,7 +173,8 @@ def test_losses_accept_half_precision_logits():
             "ohem",
             "MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO",
             -3.0,
-            r"neg_pos_ratio \(MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO\) must be a finite number >= 0.*-3.0",
+            r"neg_pos_ratio \(MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO\) "
+            r"must be a finite number >= 0.*-3.0",
         ),
         (
             "focal",

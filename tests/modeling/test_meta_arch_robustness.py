@@ -1,4 +1,5 @@
-"""Detectron2's RetinaNet end-to-end cases (non-finite predictions, autocast) on FocalLossRetinaNet."""
+"""Detectron2's RetinaNet end-to-end cases (non-finite predictions, autocast), on
+FocalLossRetinaNet."""
 
 import numpy as np
 import pytest
@@ -96,7 +97,8 @@ def _record_dtypes(module, dtypes):
 
 def test_bf16_autocast_training_and_inference_on_cpu(small_cfg):
     # At 64 px P6 is 1x1, and PyTorch 2.14's CPU bf16 weight gradient of a 3x3 stride-2 conv on a
-    # 1x1 input (P7's) is NaN in about a third of calls; at 128 px P6 is 2x2 and the gradient is finite.
+    # 1x1 input (P7's) is NaN in about a third of calls; at 128 px P6 is 2x2 and the gradient is
+    # finite.
     image_size = 2 * IMAGE_SIZE
     cfg = small_cfg("MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
     torch.manual_seed(0)
