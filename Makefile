@@ -46,7 +46,7 @@ test: ensure-installed
 # ruff comes with the dev extra; an environment installed before it was added gets it here.
 lint:
 	@$(PY) -c "" 2>/dev/null || $(MAKE) install
-	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q ruff
+	@$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q ruff==0.17.6
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
 

@@ -19,5 +19,5 @@ setup(
         "matplotlib",
         "Pillow",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={"dev": ["pytest", "ruff==0.17.6"]},
 )
