@@ -1,4 +1,4 @@
-"""This project's config keys, added under ``MODEL.RETINANET_FL``.
+"""This project's config keys, added under ``MODEL.RETINANET_FL`` (and two under ``DATALOADER``).
 
 Keys that Detectron2 already has under ``MODEL.RETINANET`` (NUM_CLASSES, IN_FEATURES, NUM_CONVS,
 IOU_THRESHOLDS, PRIOR_PROB, NORM, FOCAL_LOSS_GAMMA/ALPHA, SMOOTH_L1_LOSS_BETA, BBOX_REG_LOSS_TYPE,
@@ -30,6 +30,10 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     if "RETINANET_FL" in cfg.MODEL:
         return cfg
     _C = cfg
+    # Training images that cannot be read are skipped with a warning (Detectron2's loader draws
+    # another), until more than this share of the training set was unreadable; then it stops.
+    _C.DATALOADER.SKIP_UNREADABLE_IMAGES = True
+    _C.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
     _C.MODEL.RETINANET_FL = CN()
 
     # Classification loss: a name in CLS_LOSS_REGISTRY ("focal", "focal_star", "ce", "ohem").

@@ -231,10 +231,14 @@ def test_missing_image_file_is_a_clear_error(tmp_path):
     assert "here.png" not in str(error.value)
     assert "DETECTRON2_DATASETS" not in str(error.value)  # not mistaken for a missing dataset
 
-    # An image deleted after the dataset was checked: the mapper names it too.
+    # An image deleted after the dataset was checked: the mapper names it too (and, when it
+    # skips unreadable images, counts it as one).
     record = [r for r in DatasetCatalog.get(name) if r["file_name"].endswith("gone.png")][0]
+    cfg = _small_cfg([name])
+    cfg.DATALOADER.SKIP_UNREADABLE_IMAGES = False
     with pytest.raises(FileNotFoundError, match="gone.png.*image_root"):
-        RobustDatasetMapper(_small_cfg([name]), is_train=True)(record)
+        RobustDatasetMapper(cfg, is_train=True)(record)
+    assert RobustDatasetMapper(_small_cfg([name]), True, dataset_size=200)(record) is None
 
 
 def test_missing_json_still_explains_where_datasets_live(tmp_path):
@@ -244,12 +248,40 @@ def test_missing_json_still_explains_where_datasets_live(tmp_path):
         Trainer.build_train_loader(_small_cfg([name]))
 
 
-def test_unreadable_image_is_a_clear_error(tmp_path):
+def test_unreadable_image_is_a_clear_error_when_not_skipped(tmp_path):
     name = _register_coco(tmp_path, [("broken.png", None, 20, 20)], [(1, 1, [1, 1, 5, 5])])
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
     (record,) = DatasetCatalog.get(name)
+    cfg = _small_cfg([name])
+    cfg.DATALOADER.SKIP_UNREADABLE_IMAGES = False
     with pytest.raises(OSError, match="broken.png.*cannot be read as an image"):
-        RobustDatasetMapper(_small_cfg([name]), is_train=True)(record)
+        RobustDatasetMapper(cfg, is_train=True)(record)
+    # Evaluation never skips: every image must be scored.
+    with pytest.raises(OSError, match="broken.png"):
+        RobustDatasetMapper(_small_cfg([name]), is_train=False)(record)
+
+
+def test_unreadable_training_images_are_skipped_up_to_the_stated_share(tmp_path, caplog):
+    files = [(f"{i}.png", _rgb(20, 20), 20, 20) for i in range(200)]
+    name = _register_coco(tmp_path, files, [(i + 1, 1, [1, 1, 5, 5]) for i in range(200)])
+    records = DatasetCatalog.get(name)
+    for record in records[:3]:
+        with open(record["file_name"], "wb") as f:
+            f.write(b"not a png")
+    cfg = _small_cfg([name])
+    assert cfg.DATALOADER.SKIP_UNREADABLE_IMAGES and cfg.DATALOADER.MAX_UNREADABLE_FRACTION == 0.01
+    mapper = RobustDatasetMapper(cfg, True, dataset_size=len(records))
+    with caplog.at_level(logging.WARNING):
+        assert mapper(records[0]) is None and mapper(records[1]) is None
+        assert mapper(records[0]) is None  # the same file again counts once
+        assert mapper(records[5])["image"].shape[0] == 3
+    skipped = [r.getMessage() for r in caplog.records if "Skipped an unreadable" in r.getMessage()]
+    assert len(skipped) == 3 and "0.png" in skipped[0] and "(2 so far)" in skipped[1]
+    # 3 of 200 images is more than 1%: training stops, naming the key.
+    with pytest.raises(
+        RuntimeError, match=r"^3 images .*MAX_UNREADABLE_FRACTION = 0.01 of its 200"
+    ):
+        mapper(records[2])
 
 
 def _16_bit_grey(width, height, value):

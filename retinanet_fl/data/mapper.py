@@ -1,11 +1,15 @@
-"""Detectron2's DatasetMapper, reading any image into INPUT.FORMAT, with errors naming the file."""
+"""
+Detectron2's DatasetMapper, reading any image into INPUT.FORMAT, with errors naming the file and,
+in training, unreadable images skipped (``DATALOADER.SKIP_UNREADABLE_IMAGES``).
+"""
 
 import copy
 import logging
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -70,20 +74,86 @@ class RobustDatasetMapper(DatasetMapper):
     * raises errors that name the image file when it is missing or unreadable;
     * logs the boxes that the augmentations make empty, which Detectron2 drops silently.
 
+    * in training, with ``skip_unreadable_images``, skips an image that cannot be read (Detectron2's
+      loader then draws another) with one warning naming it, and stops once more than
+      ``max_unreadable_fraction`` of the dataset's images were unreadable (counted per loader
+      worker).
+
     It expects datasets checked by :func:`retinanet_fl.data.prepare_dataset_dicts`, which drops
     and clips bad boxes before training and counts them. Semantic segmentation is not read.
     """
 
-    def __call__(self, dataset_dict: Dict) -> Dict:
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        skip_unreadable_images: bool = False,
+        max_unreadable_fraction: float = 0.01,
+        dataset_size: int = 0,
+        **kwargs,
+    ):
+        """
+        Args:
+            is_train, kwargs: as :class:`DatasetMapper`.
+            skip_unreadable_images: in training, skip unreadable images instead of raising.
+            max_unreadable_fraction: in [0, 1]: the share of ``dataset_size`` images that may be
+                skipped before training stops.
+            dataset_size: the number of images of the training set.
+        """
+        super().__init__(is_train, **kwargs)
+        if not 0.0 <= max_unreadable_fraction <= 1.0:
+            raise ValueError(
+                "max_unreadable_fraction (DATALOADER.MAX_UNREADABLE_FRACTION) must be in [0, 1], "
+                f"got {max_unreadable_fraction}."
+            )
+        self.skip_unreadable_images = skip_unreadable_images and is_train
+        self.max_unreadable_fraction = max_unreadable_fraction
+        self.dataset_size = dataset_size
+        self.max_unreadable = max_unreadable_fraction * dataset_size
+        self.unreadable_files = set()
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_size: int = 0):
+        return {
+            **super().from_config(cfg, is_train),
+            "skip_unreadable_images": cfg.DATALOADER.SKIP_UNREADABLE_IMAGES,
+            "max_unreadable_fraction": cfg.DATALOADER.MAX_UNREADABLE_FRACTION,
+            "dataset_size": dataset_size,
+        }
+
+    def _read_or_skip(self, file_name: str) -> Optional[np.ndarray]:
+        """The image, or None for an unreadable one that training skips."""
+        try:
+            return read_image(file_name, self.image_format)
+        except OSError as error:
+            if not self.skip_unreadable_images:
+                raise
+            self.unreadable_files.add(file_name)
+            count = len(self.unreadable_files)
+            if count > self.max_unreadable:
+                raise RuntimeError(
+                    f"{count} images of the training set could not be read, more than "
+                    f"DATALOADER.MAX_UNREADABLE_FRACTION = {self.max_unreadable_fraction} of its "
+                    f"{self.dataset_size} images: fix or remove them, or raise the fraction. "
+                    f"The last: {error}"
+                ) from error
+            logger.warning(f"Skipped an unreadable training image ({count} so far): {error}")
+            return None
+
+    def __call__(self, dataset_dict: Dict) -> Optional[Dict]:
         """
         Args:
             dataset_dict: one image's record, in Detectron2's dataset format.
 
         Returns:
-            the record with "image" (C, H, W) and, in training, "instances" (gt_boxes, gt_classes).
+            the record with "image" (C, H, W) and, in training, "instances" (gt_boxes, gt_classes);
+            None for a skipped unreadable image.
         """
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
-        image = read_image(dataset_dict["file_name"], self.image_format)
+        image = self._read_or_skip(dataset_dict["file_name"])
+        if image is None:
+            return None
         utils.check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)

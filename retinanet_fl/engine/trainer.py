@@ -128,9 +128,8 @@ class Trainer(DefaultTrainer):
         dataset = prepare_dataset_dicts(
             loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
         )
-        return build_detection_train_loader(
-            cfg, mapper=RobustDatasetMapper(cfg, True), dataset=dataset
-        )
+        mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
