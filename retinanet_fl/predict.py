@@ -8,22 +8,31 @@ Run a checkpoint on images and save pictures of its detections and a JSON of its
 """
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
-from typing import Dict, List, Sequence
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
 
 import cv2
+import numpy as np
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 import retinanet_fl  # noqa: F401  registers our model and datasets
 from retinanet_fl.config import load_config
+from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+logger = logging.getLogger(__name__)
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
@@ -63,16 +72,81 @@ def build_predictor(cfg: CfgNode) -> DefaultPredictor:
     return predictor
 
 
+@dataclasses.dataclass
+class PredictionSummary:
+    """What a prediction run did: paths of its outputs and the images it could not read."""
+
+    json_path: str
+    num_predicted: int
+    num_resumed: int
+    unreadable: List[str]
+
+
+def _model_inputs(predictor: DefaultPredictor, image: np.ndarray) -> Dict:
+    """One image as the model's input, resized as DefaultPredictor does (for batches of them)."""
+    height, width = image.shape[:2]
+    resized = predictor.aug.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    return {"image": tensor.to(predictor.cfg.MODEL.DEVICE), "height": height, "width": width}
+
+
+def _detections(instances, class_names: Optional[List[str]]) -> List[Dict]:
+    detections = []
+    for box, score, label in zip(
+        instances.pred_boxes.tensor.tolist(),
+        instances.scores.tolist(),
+        instances.pred_classes.tolist(),
+    ):
+        detection = {
+            "bbox_xyxy": [round(v, 2) for v in box],
+            "score": round(score, 4),
+            "class_id": label,
+        }
+        if class_names:
+            detection["class_name"] = class_names[label]
+        detections.append(detection)
+    return detections
+
+
+def _finished_images(lines_path: str) -> List[Dict]:
+    """The records of an earlier run's ``predictions.jsonl``; a line cut by a kill is dropped."""
+    records = []
+    with open(lines_path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
 def predict_images(
-    cfg: CfgNode, image_paths: Sequence[str], output_dir: str, confidence_threshold: float
-) -> str:
+    cfg: CfgNode,
+    image_paths: Sequence[str],
+    output_dir: str,
+    confidence_threshold: float,
+    batch_size: int = 1,
+    resume: bool = False,
+) -> PredictionSummary:
     """
-    Run the model on each image, save ``<output_dir>/<name>`` with the detections drawn, and
-    ``<output_dir>/predictions.json`` with every detection (XYXY boxes in input pixels).
+    Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn, one line
+    per image in ``<output_dir>/predictions.jsonl`` as soon as it is done, and at the end
+    ``<output_dir>/predictions.json`` with every image's detections (XYXY boxes in input pixels).
+    An image that cannot be read is skipped with a warning naming it.
+
+    Args:
+        cfg: the model's config, with MODEL.WEIGHTS.
+        image_paths: the images, in order.
+        output_dir: where the pictures and predictions go.
+        confidence_threshold: detections scoring below it are neither drawn nor saved.
+        batch_size: images per forward pass.
+        resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
 
     Returns:
-        the path of predictions.json.
+        the summary: outputs, counts and the unreadable images.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     predictor = build_predictor(cfg)
     metadata = (
         MetadataCatalog.get(cfg.DATASETS.TEST[0])
@@ -81,33 +155,69 @@ def predict_images(
     )
     class_names = metadata.get("thing_classes", None)
     os.makedirs(output_dir, exist_ok=True)
-    results: List[Dict] = []
-    for path in image_paths:
-        image_bgr = read_image(path, format="BGR")
-        instances = predictor(image_bgr)["instances"].to("cpu")
-        instances = instances[instances.scores >= confidence_threshold]
-        visualizer = Visualizer(image_bgr[:, :, ::-1], metadata)
-        drawn = visualizer.draw_instance_predictions(instances).get_image()
-        cv2.imwrite(os.path.join(output_dir, os.path.basename(path)), drawn[:, :, ::-1])
-        detections = []
-        for box, score, label in zip(
-            instances.pred_boxes.tensor.tolist(),
-            instances.scores.tolist(),
-            instances.pred_classes.tolist(),
-        ):
-            detection = {
-                "bbox_xyxy": [round(v, 2) for v in box],
-                "score": round(score, 4),
-                "class_id": label,
-            }
-            if class_names:
-                detection["class_name"] = class_names[label]
-            detections.append(detection)
-        results.append({"file_name": path, "detections": detections})
+    lines_path = os.path.join(output_dir, "predictions.jsonl")
+    records = _finished_images(lines_path) if resume and os.path.exists(lines_path) else []
+    finished = {record["file_name"] for record in records}
+    todo = [path for path in image_paths if path not in finished]
+    unreadable: List[str] = []
+    progress = _Progress(len(todo))
+    with open(lines_path, "a" if records else "w") as lines:
+        for start in range(0, len(todo), batch_size):
+            images = {}
+            for path in todo[start : start + batch_size]:
+                try:
+                    images[path] = read_image(path, "BGR")
+                except OSError as error:
+                    logger.warning(f"Skipped: {error}")
+                    unreadable.append(path)
+            outputs = _predict_batch(predictor, list(images.values()))
+            for (path, image_bgr), output in zip(images.items(), outputs):
+                instances = output["instances"].to("cpu")
+                instances = instances[instances.scores >= confidence_threshold]
+                drawn = Visualizer(image_bgr[:, :, ::-1], metadata).draw_instance_predictions(
+                    instances
+                )
+                cv2.imwrite(
+                    os.path.join(output_dir, os.path.basename(path)),
+                    drawn.get_image()[:, :, ::-1],
+                )
+                record = {"file_name": path, "detections": _detections(instances, class_names)}
+                lines.write(json.dumps(record) + "\n")
+                lines.flush()
+                records.append(record)
+            progress.update(len(todo[start : start + batch_size]))
     json_path = os.path.join(output_dir, "predictions.json")
     with open(json_path, "w") as f:
-        json.dump(results, f, indent=1)
-    return json_path
+        json.dump(records, f, indent=1)
+    return PredictionSummary(json_path, len(records) - len(finished), len(finished), unreadable)
+
+
+def _predict_batch(predictor: DefaultPredictor, images_bgr: List[np.ndarray]) -> List[Dict]:
+    """The model's outputs for BGR images, in one forward pass (none for no image)."""
+    if not images_bgr:
+        return []
+    if predictor.input_format == "RGB":
+        images_bgr = [image[:, :, ::-1] for image in images_bgr]
+    with torch.no_grad():
+        return predictor.model([_model_inputs(predictor, image) for image in images_bgr])
+
+
+class _Progress:
+    """Logs images done, images per second and the time left, at most every few seconds."""
+
+    def __init__(self, total: int, every_s: float = 5.0):
+        self.total, self.done, self.every_s = total, 0, every_s
+        self.start = self.last = time.perf_counter()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last < self.every_s and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        logger.info(f"{self.done}/{self.total} images, {rate:.1f} images/s, {eta:.0f} s left")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,20 +234,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="draw and save scores above this"
     )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the images an interrupted run already wrote to predictions.jsonl",
+    )
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth"
     )
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logger(name=__name__, abbrev_name="predict")
     cfg = load_config(args.config_file, args.opts)
     if not cfg.MODEL.WEIGHTS:
         raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
-    json_path = predict_images(cfg, list_images(args.input), args.output, args.confidence_threshold)
-    print(f"Saved pictures of the detections and {json_path}")
+    summary = predict_images(
+        cfg,
+        list_images(args.input),
+        args.output,
+        args.confidence_threshold,
+        batch_size=args.batch_size,
+        resume=args.resume,
+    )
+    print(
+        f"Predicted {summary.num_predicted} images"
+        + (f" ({summary.num_resumed} done before, resumed)" if summary.num_resumed else "")
+        + f"; pictures and {summary.json_path} in {args.output}."
+    )
+    if summary.unreadable:
+        print(f"{len(summary.unreadable)} images could not be read and were skipped:")
+        for path in summary.unreadable:
+            print(f"  {path}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

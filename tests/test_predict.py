@@ -1,0 +1,100 @@
+"""python -m retinanet_fl.predict over folders: unreadable files, batches, resuming."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+from PIL import Image
+
+from retinanet_fl import predict
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory, small_cfg):
+    """A random-weight model's config file and checkpoint, tested at 64 px."""
+    root = tmp_path_factory.mktemp("predict_model")
+    cfg = small_cfg(
+        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    torch.save({"model": build_model(cfg).state_dict()}, root / "model.pth")
+    (root / "config.yaml").write_text(cfg.dump())
+    return str(root / "config.yaml"), str(root / "model.pth")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Four 64 px images and a file named like an image that holds text."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    (folder / "bad.jpg").write_text("not an image")
+    return folder
+
+
+def run(model_files, inputs, output, *options):
+    config_file, weights = model_files
+    argv = ["--config-file", config_file, "--input", *inputs, "--output", str(output)]
+    argv += ["--confidence-threshold", "0.0", *options, "MODEL.WEIGHTS", weights]
+    return predict.main(argv)
+
+
+def read_json(path):
+    return {record["file_name"]: record["detections"] for record in json.loads(path.read_text())}
+
+
+def test_unreadable_file_is_skipped_and_the_rest_written(model_files, image_folder, tmp_path):
+    output = tmp_path / "out"
+    assert run(model_files, [str(image_folder)], output) == 1
+    results = read_json(output / "predictions.json")
+    assert sorted(results) == sorted(str(image_folder / f"{i}.png") for i in range(4))
+    assert all(len(detections) > 0 for detections in results.values())
+    assert len((output / "predictions.jsonl").read_text().splitlines()) == 4
+    assert sorted(p.name for p in output.glob("*.png")) == [f"{i}.png" for i in range(4)]
+    # Without the bad file, the exit status is 0.
+    good = [str(image_folder / f"{i}.png") for i in range(4)]
+    assert run(model_files, good, tmp_path / "good") == 0
+
+
+def test_batches_give_the_detections_of_single_images(model_files, image_folder, tmp_path):
+    good = [str(image_folder / f"{i}.png") for i in range(4)]
+    run(model_files, good, tmp_path / "single")
+    run(model_files, good, tmp_path / "batch", "--batch-size", "3")
+    single = read_json(tmp_path / "single" / "predictions.json")
+    batch = read_json(tmp_path / "batch" / "predictions.json")
+    assert single.keys() == batch.keys()
+    for name in single:
+        assert len(single[name]) == len(batch[name])
+        for a, b in zip(single[name], batch[name]):
+            assert a["class_id"] == b["class_id"]
+            np.testing.assert_allclose(a["bbox_xyxy"], b["bbox_xyxy"], atol=0.02)
+            assert a["score"] == pytest.approx(b["score"], abs=2e-4)
+
+
+def test_resume_skips_finished_images(model_files, image_folder, tmp_path, monkeypatch):
+    good = [str(image_folder / f"{i}.png") for i in range(4)]
+    output = tmp_path / "out"
+    run(model_files, good, output)
+    lines_path = output / "predictions.jsonl"
+    lines = lines_path.read_text().splitlines()
+    # An interrupted run: two images done, the third cut in the middle of its line.
+    lines_path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
+    predicted = []
+    real_predict_batch = predict._predict_batch
+
+    def spy(predictor, images):
+        predicted.append(len(images))
+        return real_predict_batch(predictor, images)
+
+    monkeypatch.setattr(predict, "_predict_batch", spy)
+    assert run(model_files, good, output, "--resume") == 0
+    assert sum(predicted) == 2
+    assert read_json(output / "predictions.json") == {
+        json.loads(line)["file_name"]: json.loads(line)["detections"] for line in lines
+    }
