@@ -9,6 +9,7 @@ import os
 import weakref
 from typing import Iterator, Sequence
 
+import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
     MetadataCatalog,
@@ -69,6 +70,18 @@ class FiniteLossAMPTrainer(_FiniteLossMixin, AMPTrainer):
     """AMPTrainer that raises a FloatingPointError naming a non-finite loss term."""
 
 
+class FiniteLossCPUAutocastTrainer(FiniteLossTrainer):
+    """
+    ``SOLVER.AMP.ENABLED`` on the CPU, where Detectron2's AMPTrainer requires CUDA: each step
+    runs under bf16 autocast. bf16 has fp32's exponent range, so gradients need no scaling; the
+    model computes its losses in fp32.
+    """
+
+    def run_step(self):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            super().run_step()
+
+
 class Trainer(DefaultTrainer):
     """
     Detectron2's DefaultTrainer with:
@@ -92,7 +105,10 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossTrainer
+        trainer_class = FiniteLossTrainer
+        if cfg.SOLVER.AMP.ENABLED:
+            on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+            trainer_class = FiniteLossCPUAutocastTrainer if on_cpu else FiniteLossAMPTrainer
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

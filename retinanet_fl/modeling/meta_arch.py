@@ -32,6 +32,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor, nn
 
+from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss
 from .head import RetinaNetFocalHead
@@ -136,6 +137,7 @@ class FocalLossRetinaNet(DenseDetector):
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
+        keep_tiny_top_block_in_fp32(backbone)
         backbone_shape = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
         missing = [f for f in in_features if f not in backbone_shape]

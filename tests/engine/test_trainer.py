@@ -1,5 +1,7 @@
 """The Trainer stops at the first NaN or infinite loss, naming the iteration and the term."""
 
+import math
+
 import pytest
 import torch
 
@@ -47,3 +49,24 @@ def test_absurd_learning_rate_stops_training_with_a_named_term(
     with pytest.raises(FloatingPointError, match=message):
         trainer.train()
     assert trainer.iter < cfg.SOLVER.MAX_ITER - 1
+
+
+def test_amp_on_the_cpu_trains_in_bf16(tiny_images, tmp_path, train_cfg, register_tiny):
+    # Detectron2's AMPTrainer requires CUDA; on the CPU, SOLVER.AMP.ENABLED trains under bf16
+    # autocast, with fp32 losses.
+    cfg = train_cfg(register_tiny(tiny_images[1]), tmp_path, "SOLVER.AMP.ENABLED", "True")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    head_dtypes = []
+    head = trainer.model.head
+    handle = head.cls_score.register_forward_hook(
+        lambda module, args, output: head_dtypes.append(output.dtype)
+    )
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    assert set(head_dtypes) == {torch.bfloat16}
+    assert trainer.iter == cfg.SOLVER.MAX_ITER
+    losses = trainer.storage.history("loss_cls").values()
+    assert len(losses) == cfg.SOLVER.MAX_ITER and all(math.isfinite(v) for v, _ in losses)

@@ -127,3 +127,29 @@ def test_bf16_autocast_training_and_inference_on_cpu(small_cfg):
     assert len(detections) > 0 and detections.pred_boxes.tensor.dtype == torch.float32
     assert torch.isfinite(detections.pred_boxes.tensor).all()
     assert torch.isfinite(detections.scores.float()).all()
+
+
+def test_tiny_p6_p7_maps_run_in_fp32_under_cpu_autocast(small_cfg):
+    # PyTorch's CPU bf16 weight gradient of a 3x3 stride-2 conv on a 1x1 input is NaN in a few
+    # percent of calls: P6/P7 compute in fp32 when C5 is at most 2x2 (64 px images), in bf16 else.
+    model = build_model(small_cfg())
+    top_block = model.backbone.top_block
+    input_dtypes = []
+    handles = [
+        conv.register_forward_pre_hook(lambda module, args: input_dtypes.append(args[0].dtype))
+        for conv in (top_block.p6, top_block.p7)
+    ]
+    try:
+        for size, expected in ((2, torch.float32), (4, torch.bfloat16)):
+            input_dtypes.clear()
+            c5 = torch.randn(2, top_block.p6.in_channels, size, size, requires_grad=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                p6, p7 = top_block(c5)
+            assert p6.dtype == p7.dtype == expected, size
+            (p6.float().sum() + p7.float().sum()).backward()
+            assert input_dtypes == [expected, expected] or expected == torch.bfloat16, size
+    finally:
+        for handle in handles:
+            handle.remove()
+    # The parameters keep Detectron2's names, so checkpoints load as before.
+    assert {"backbone.top_block.p6.weight", "backbone.top_block.p7.bias"} <= set(model.state_dict())
