@@ -7,6 +7,7 @@ Figures 1 and 4.
     python -m retinanet_fl.ablation --table 1b --opts SOLVER.MAX_ITER 20000 --num-gpus 8
     python -m retinanet_fl.ablation figure1
     python -m retinanet_fl.ablation figure4 --config-file CFG MODEL.WEIGHTS model_final.pth
+    python -m retinanet_fl.ablation stats --config-file CFG [MODEL.WEIGHTS model_final.pth]
 """
 
 import argparse
@@ -17,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .collect import RowResult, collect_results, write_table
 from .figures import figure1, figure4
+from .regime import regime_stats, write_regime
 from .runner import FAILED, Launcher, execute_run, launch_train_net, plan_runs, read_status
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
 
@@ -108,7 +110,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
         prog="python -m retinanet_fl.ablation",
         description="Reproduce the paper's ablations (Table 1a-d, Table 3, the prior study) "
         "as train_net.py runs.",
-        epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'.",
+        epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'; "
+        "the imbalance regime: '... stats --help'.",
     )
     parser.add_argument(
         "--table",
@@ -185,6 +188,51 @@ def _figure4_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stats_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation stats",
+        description="The class-imbalance regime of a config on a dataset: anchors per image, "
+        "positive / ignored / negative anchors per image, negatives per positive; with "
+        "MODEL.WEIGHTS, the share of the negatives' CE loss carried by easy negatives "
+        "(p < 0.1).",
+    )
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument(
+        "--dataset", default=None, help="a registered dataset (default: DATASETS.TRAIN[0])"
+    )
+    parser.add_argument("--num-images", type=int, default=100, help="its first images measured")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="count the anchors of one blank H x W image instead (no dataset needed, e.g. COCO)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    return parser
+
+
+def _run_stats(args: argparse.Namespace) -> None:
+    from ..config import load_config
+
+    cfg = load_config(args.config_file, list(check_opts(args.opts, "stats overrides")))
+    stats = regime_stats(
+        cfg,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        image_size=None if args.image_size is None else tuple(args.image_size),
+    )
+    print(stats.format())
+    if args.output:
+        print(f"wrote {write_regime(stats, args.output)}")
+
+
 def _run_figure4(args: argparse.Namespace) -> None:
     from ..config import load_config
 
@@ -237,6 +285,9 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         return 0
     if argv and argv[0] == "figure4":
         _run_figure4(_figure4_parser().parse_args(argv[1:]))
+        return 0
+    if argv and argv[0] == "stats":
+        _run_stats(_stats_parser().parse_args(argv[1:]))
         return 0
 
     args = _sweep_parser().parse_args(argv)
