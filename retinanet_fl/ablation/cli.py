@@ -8,10 +8,12 @@ Figures 1 and 4.
     python -m retinanet_fl.ablation figure1
     python -m retinanet_fl.ablation figure4 --config-file CFG MODEL.WEIGHTS model_final.pth
     python -m retinanet_fl.ablation stats --config-file CFG [MODEL.WEIGHTS model_final.pth]
+    python -m retinanet_fl.ablation study imbalance [--points obj1 obj12] [--seeds 0 1 2]
 """
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,6 +21,17 @@ from typing import Any, Dict, List, Optional, Sequence
 from .collect import RowResult, collect_results, write_table
 from .figures import figure1, figure4
 from .regime import regime_stats, write_regime
+from .study import (
+    STUDIES_DIR,
+    available_studies,
+    collect_runs,
+    load_study,
+    measure_training_regime,
+    plan_study,
+    run_study,
+    select,
+    write_study,
+)
 from .runner import FAILED, Launcher, execute_run, launch_train_net, plan_runs, read_status
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
 
@@ -111,7 +124,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
         description="Reproduce the paper's ablations (Table 1a-d, Table 3, the prior study) "
         "as train_net.py runs.",
         epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'; "
-        "the imbalance regime: '... stats --help'.",
+        "the imbalance regime: '... stats --help'; multi-seed studies: '... study --help'.",
     )
     parser.add_argument(
         "--table",
@@ -233,6 +246,73 @@ def _run_stats(args: argparse.Namespace) -> None:
         print(f"wrote {write_regime(stats, args.output)}")
 
 
+def _study_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation study",
+        description="Run a multi-seed study (configs/ablations/studies/NAME.yaml): every arm at "
+        "every point with every seed, resumably; write study_NAME.{md,csv,png} with means, "
+        "standard deviations and the paired differences to the reference arm.",
+    )
+    parser.add_argument("name", help=f"the study, one of {available_studies()}")
+    parser.add_argument("--points", nargs="+", default=None, help="run only these points, in order")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="replace the seeds")
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides appended to every run",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="forwarded to train_net.py")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where runs and tables go (default output/study_NAME)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="rewrite the files from the runs, run nothing"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument("--studies-dir", type=Path, default=STUDIES_DIR, help=argparse.SUPPRESS)
+    return parser
+
+
+def _run_study(argv: Sequence[str], launcher: Launcher) -> None:
+    args = _study_parser().parse_args(argv)
+    path = args.studies_dir / f"{args.name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"Unknown study '{args.name}': no {path}. "
+            f"Available studies: {available_studies(args.studies_dir)}."
+        )
+    study = select(load_study(path), args.points, args.seeds)
+    extra_opts = check_opts(args.opts, "--opts")
+    output_dir = args.output_dir or Path("output") / f"study_{study.name}"
+    command = " ".join(["python -m retinanet_fl.ablation study", *map(shlex.quote, argv)])
+    if args.dry_run:
+        runs = plan_study(study, output_dir, extra_opts, args.num_gpus)
+        for run in runs:
+            status = read_status(run.spec.run_dir)
+            print(
+                f"{run.point.name} {run.arm.name} seed {run.seed} "
+                f"[{status['status'] if status else 'pending'}] runs/{run.spec.run_dir.name}"
+            )
+        distinct = len({run.spec.run_dir for run in runs})
+        print(f"{len(runs)} runs ({distinct} distinct), in {Path(output_dir).resolve()}")
+        return
+    if args.collect_only:
+        results = collect_runs(plan_study(study, output_dir, extra_opts, args.num_gpus))
+        paths = write_study(study, results, output_dir, command, measure_training_regime)
+    else:
+        run_study(
+            study, output_dir, command, extra_opts, launcher, args.num_gpus, args.retry_failed
+        )
+        paths = {ext: output_dir / f"study_{study.name}.{ext}" for ext in ("md", "csv", "png")}
+    print(f"Study {study.name}: " + ", ".join(str(p) for p in paths.values()))
+
+
 def _run_figure4(args: argparse.Namespace) -> None:
     from ..config import load_config
 
@@ -288,6 +368,9 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         return 0
     if argv and argv[0] == "stats":
         _run_stats(_stats_parser().parse_args(argv[1:]))
+        return 0
+    if argv and argv[0] == "study":
+        _run_study(argv[1:], launcher)
         return 0
 
     args = _sweep_parser().parse_args(argv)

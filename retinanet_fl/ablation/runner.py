@@ -151,16 +151,33 @@ def plan_runs(
     runs = []
     for row in sweep.rows:
         opts = format_opts([*sweep.run_opts(row), *extra_opts])
-        try:
-            digest = config_digest(sweep.base_config, opts)
-        except (KeyError, ValueError, AssertionError) as error:
-            raise ValueError(
-                f"Table {sweep.table}, row {row.name}: the overrides {list(opts)} do not apply to "
-                f"{sweep.base_config}: {error}"
-            ) from error
-        run_dir = Path(output_dir).resolve() / RUNS_DIR / digest
-        runs.append((row, RunSpec(sweep.base_config, opts, run_dir, num_gpus)))
+        where = f"Table {sweep.table}, row {row.name}"
+        runs.append((row, make_run_spec(sweep.base_config, opts, output_dir, num_gpus, where)))
     return runs
+
+
+def make_run_spec(
+    config_file: Path, opts: Sequence[str], output_dir: Path, num_gpus: int, where: str
+) -> RunSpec:
+    """
+    Args:
+        config_file: the run's base config.
+        opts: its overrides, as command-line strings.
+        output_dir: the sweep's output folder; the run goes to ``output_dir/runs/<digest>``.
+        num_gpus: forwarded to the run.
+        where: names the run in the error raised when the overrides do not apply.
+
+    Returns:
+        the run.
+    """
+    try:
+        digest = config_digest(config_file, opts)
+    except (KeyError, ValueError, AssertionError) as error:
+        raise ValueError(
+            f"{where}: the overrides {list(opts)} do not apply to {config_file}: {error}"
+        ) from error
+    run_dir = Path(output_dir).resolve() / RUNS_DIR / digest
+    return RunSpec(Path(config_file), tuple(opts), run_dir, num_gpus)
 
 
 def read_status(run_dir: Path) -> Optional[Dict[str, Any]]:
