@@ -1,6 +1,7 @@
 """Tests of the multi-seed studies (retinanet_fl.ablation.study) on a fake sweep, and the study file."""
 
 import csv
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -13,6 +14,7 @@ from retinanet_fl.ablation.regime import RegimeStats, write_regime
 from retinanet_fl.ablation.runner import RunSpec
 from retinanet_fl.ablation.study import (
     STUDIES_DIR,
+    TRAINED_REGIME_FILE,
     Spread,
     load_study,
     plan_study,
@@ -64,6 +66,16 @@ class FakeTrainNet:
         ap = BASE_AP[prior] + (FL_OFFSET[prior] if loss == "focal" else 0.0) + SEED_NOISE[seed]
         with open(spec.run_dir / "metrics.json", "a") as f:
             f.write(json.dumps({"bbox/AP": ap, "bbox/AP50": ap + 20, "bbox/AP75": ap - 5}) + "\n")
+        # What measure_trained_regime caches: CE's easy negatives carry more of its loss.
+        trained = dataclasses.replace(
+            _regime(100.0),
+            weights="model_final.pth",
+            easy_negative_fraction=0.99,
+            easy_negative_ce_share=(0.6 if loss == "ce" else 0.3) + 0.01 * seed,
+            easy_negative_fl_share=0.01,
+            negative_to_positive_ce=5.0,
+        )
+        write_regime(trained, spec.run_dir / TRAINED_REGIME_FILE)
         return 0
 
 
@@ -129,6 +141,11 @@ def test_fake_study_collects_means_sds_and_paired_differences(tmp_path):
     assert float(p1_ce["negatives_per_positive"]) == 400.0
     assert float(p2_ce["negatives_per_positive"]) == 40.0
 
+    # The trained models' regime, averaged over seeds, in percent.
+    assert float(p1_ce["val_easy_negative_ce_share_mean"]) == pytest.approx(61.0)
+    assert float(p1_ce["val_easy_negative_ce_share_sd"]) == pytest.approx(1.0)
+    assert float(p2_fl["val_easy_negative_ce_share_mean"]) == pytest.approx(30.5)
+
     runs = _read_csv(out / "study_fake_runs.csv")
     assert len(runs) == 12 and {r["status"] for r in runs} == {"finished", "failed"}
     assert not Path(runs[0]["run_dir"]).is_absolute()
@@ -136,6 +153,7 @@ def test_fake_study_collects_means_sds_and_paired_differences(tmp_path):
     assert "python -m retinanet_fl.ablation study fake" in markdown
     assert "| π .01 | prior | 400 |" in markdown and "+4.0 ± 0.0 | +4.0 | ahead |" in markdown
     assert "seeds 0, 1, 2" in markdown and "1 failed, 11 finished" in markdown
+    assert "| π .01 | CE | 99.0 ± 0.0 (n=3) | 61.0 ± 1.0 (n=3) |" in markdown
     assert (out / "study_fake.png").stat().st_size > 10000
 
     # Resumable: nothing finished runs again; the failed run only when asked.

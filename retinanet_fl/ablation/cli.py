@@ -26,13 +26,22 @@ from .study import (
     available_studies,
     collect_runs,
     load_study,
+    measure_trained_regime,
     measure_training_regime,
     plan_study,
     run_study,
     select,
     write_study,
 )
-from .runner import FAILED, Launcher, execute_run, launch_train_net, plan_runs, read_status
+from .runner import (
+    FAILED,
+    FINISHED,
+    Launcher,
+    execute_run,
+    launch_train_net,
+    plan_runs,
+    read_status,
+)
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
 
 logger = logging.getLogger(__name__)
@@ -303,7 +312,11 @@ def _run_study(argv: Sequence[str], launcher: Launcher) -> None:
         print(f"{len(runs)} runs ({distinct} distinct), in {Path(output_dir).resolve()}")
         return
     if args.collect_only:
-        results = collect_runs(plan_study(study, output_dir, extra_opts, args.num_gpus))
+        runs = plan_study(study, output_dir, extra_opts, args.num_gpus)
+        for result in collect_runs(runs):
+            if result.status == FINISHED:
+                measure_trained_regime(result.run.spec)
+        results = collect_runs(runs)
         paths = write_study(study, results, output_dir, command, measure_training_regime)
     else:
         run_study(

@@ -45,6 +45,17 @@ logger = logging.getLogger(__name__)
 STUDIES_DIR = SWEEPS_DIR / "studies"
 REGIME_DIR = "regime"
 REGIME_NUM_IMAGES = 200
+# A finished run's model on its validation images: how much of the loss the easy negatives carry.
+TRAINED_REGIME_FILE = "regime_val.json"
+TRAINED_REGIME_NUM_IMAGES = 50
+
+# Fields of a trained model's regime that the collector averages over seeds, and their scale.
+TRAINED_FIELDS: Dict[str, float] = {
+    "easy_negative_fraction": 100.0,
+    "easy_negative_ce_share": 100.0,
+    "easy_negative_fl_share": 100.0,
+    "negative_to_positive_ce": 1.0,
+}
 
 _STUDY_KEYS = {
     "STUDY",
@@ -325,12 +336,16 @@ class Spread:
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-    """A run's outcome: its status, its metrics if finished, its error if failed."""
+    """
+    A run's outcome: its status, its metrics if finished, its error if failed, and its model's
+    regime on the validation images if measured (:func:`measure_trained_regime`).
+    """
 
     run: StudyRun
     status: str
     metrics: Optional[Dict[str, float]]
     error: str
+    trained: Optional[RegimeStats] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,12 +357,15 @@ class PointResult:
         arms: per arm name, per metric, the spread over seeds.
         differences: per non-reference arm name, per metric, the spread of the paired
             differences arm − reference over the seeds where both finished.
+        trained: per arm name, per ``TRAINED_FIELDS`` entry, the spread over seeds of its trained
+            models' regime on the validation images (in percent; ratios as they are).
     """
 
     point: StudyPoint
     regime: Optional[RegimeStats]
     arms: Mapping[str, Mapping[str, Spread]]
     differences: Mapping[str, Mapping[str, Spread]]
+    trained: Mapping[str, Mapping[str, Spread]] = dataclasses.field(default_factory=dict)
 
     def verdict(self, arm: str) -> str:
         """
@@ -365,14 +383,42 @@ class PointResult:
 
 
 def collect_runs(runs: Sequence[StudyRun]) -> List[RunResult]:
-    """Returns: every run's status, and its metrics when finished."""
+    """Returns: every run's status, its metrics when finished, its trained regime if measured."""
     results = []
     for run in runs:
         status = read_status(run.spec.run_dir)
         state = status["status"] if status else PENDING
         metrics = read_eval_results(run.spec.run_dir) if state == FINISHED else None
-        results.append(RunResult(run, state, metrics, status.get("error", "") if status else ""))
+        regime_path = run.spec.run_dir / TRAINED_REGIME_FILE
+        trained = read_regime(regime_path) if state == FINISHED and regime_path.is_file() else None
+        error = status.get("error", "") if status else ""
+        results.append(RunResult(run, state, metrics, error, trained))
     return results
+
+
+def measure_trained_regime(spec: RunSpec) -> Optional[RegimeStats]:
+    """
+    Measure a finished run's final model on the first ``TRAINED_REGIME_NUM_IMAGES`` images of its
+    ``DATASETS.TEST[0]``: the easy negatives' share of its negatives' CE and FL loss (cached in
+    the run folder as ``TRAINED_REGIME_FILE``).
+
+    Returns:
+        the regime, or None if the run has no final model.
+    """
+    from ..config import load_config
+    from .regime import regime_stats
+
+    path = spec.run_dir / TRAINED_REGIME_FILE
+    if path.is_file():
+        return read_regime(path)
+    weights = spec.run_dir / "model_final.pth"
+    if not weights.is_file():
+        return None
+    cfg = load_config(str(spec.config_file), list(spec.opts))
+    cfg.MODEL.WEIGHTS = str(weights)
+    stats = regime_stats(cfg, dataset=cfg.DATASETS.TEST[0], num_images=TRAINED_REGIME_NUM_IMAGES)
+    write_regime(stats, path)
+    return stats
 
 
 def point_regime(
@@ -458,7 +504,22 @@ def summarize(
             name: {metric: Spread.of(values) for metric, values in by_metric.items()}
             for name, by_metric in per_arm.items()
         }
-        summaries.append(PointResult(point, regimes.get(point.name), arms, differences))
+        trained = {
+            arm.name: {
+                field: Spread.of(
+                    {
+                        r.run.seed: getattr(r.trained, field) * scale
+                        for r in results
+                        if r.run.point.name == point.name
+                        and r.run.arm.name == arm.name
+                        and r.trained is not None
+                    }
+                )
+                for field, scale in TRAINED_FIELDS.items()
+            }
+            for arm in study.arms
+        }
+        summaries.append(PointResult(point, regimes.get(point.name), arms, differences, trained))
     return summaries
 
 
@@ -493,6 +554,8 @@ def write_study_csv(study: Study, summaries: Sequence[PointResult], path: Path) 
     for metric in METRICS:
         header += [f"delta_{metric}_mean", f"delta_{metric}_sd", f"delta_{metric}_n"]
     header += ["verdict"]
+    for field in TRAINED_FIELDS:
+        header += [f"val_{field}_mean", f"val_{field}_sd"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -522,6 +585,9 @@ def write_study_csv(study: Study, summaries: Sequence[PointResult], path: Path) 
                     else:
                         row += [_cell(diff[metric].mean), _cell(diff[metric].sd), diff[metric].n]
                 row.append(summary.verdict(arm.name) if diff is not None else "")
+                for field in TRAINED_FIELDS:
+                    spread = summary.trained[arm.name][field]
+                    row += [_cell(spread.mean), _cell(spread.sd)]
                 writer.writerow(row)
 
 
@@ -607,6 +673,33 @@ def write_study_markdown(
                 summary.verdict(arm.name),
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(
+        spread.n
+        for s in summaries
+        for by_field in s.trained.values()
+        for spread in by_field.values()
+    ):
+        lines += [
+            "",
+            "The trained models on their validation images (first "
+            f"{TRAINED_REGIME_NUM_IMAGES}; mean ± sd over seeds): the share of negative samples "
+            "that are easy (p < 0.1), the share of the negatives' CE they carry, the same for FL "
+            "γ = 2, and the negatives' CE over the positives' CE.",
+            "",
+            "| point | arm | easy negatives % | their % of negatives' CE | their % of FL | "
+            "neg CE / pos CE |",
+            "|---|---|---|---|---|---|",
+        ]
+        for summary in summaries:
+            for arm in study.arms:
+                spreads = summary.trained[arm.name]
+                if not any(sp.n for sp in spreads.values()):
+                    continue
+                lines.append(
+                    f"| {summary.point.label} | {arm.label} | "
+                    + " | ".join(spreads[field].format() for field in TRAINED_FIELDS)
+                    + " |"
+                )
     counts: Dict[str, int] = {}
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -755,7 +848,8 @@ def run_study(
         launcher: starts one run and returns its exit code.
         num_gpus: forwarded to every run.
         retry_failed: run failed runs again.
-        measure: measures a point's regime (None: only read cached ones).
+        measure: measures a point's regime (None: only read cached ones); when given, each
+            finished run's model is measured too (:func:`measure_trained_regime`).
 
     Returns:
         every run's result.
@@ -769,7 +863,9 @@ def run_study(
                 or (previous["status"] == FAILED and not retry_failed)
             ):
                 continue  # done: nothing new to write
-            execute_run(_as_row(run), run.spec, launcher, retry_failed)
+            status = execute_run(_as_row(run), run.spec, launcher, retry_failed)
+            if status == FINISHED and measure is not None:
+                measure_trained_regime(run.spec)
             write_study(study, collect_runs(runs), output_dir, command, measure)
     finally:
         results = collect_runs(runs)
