@@ -484,7 +484,11 @@ def summarize(
         for result in results:
             if result.run.point.name == point.name and result.metrics is not None:
                 for metric in METRICS:
-                    per_arm[result.run.arm.name][metric][result.run.seed] = result.metrics[metric]
+                    value = result.metrics[metric]
+                    # COCOEvaluator's NaN: the model detected nothing, which scores 0.
+                    per_arm[result.run.arm.name][metric][result.run.seed] = (
+                        0.0 if math.isnan(value) else value
+                    )
         reference = per_arm[study.reference]
         differences = {}
         for arm in study.arms:
@@ -639,7 +643,8 @@ def write_study_markdown(
         "",
         "AP on each point's validation set, mean ± sample standard deviation over the seeds that "
         f"finished (n); Δ is the paired difference arm − {reference.label} over the seeds where "
-        "both finished. 'ahead' / 'behind': |mean Δ| exceeds the sd of Δ. Negatives per positive: "
+        "both finished; a model without detections (COCOEvaluator's NaN) counts as AP 0. "
+        "'ahead' / 'behind': |mean Δ| exceeds the sd of Δ. Negatives per positive: "
         f"anchors, on the first {REGIME_NUM_IMAGES} training images "
         "(`python -m retinanet_fl.ablation stats`).",
         "",
