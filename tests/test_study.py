@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 
-from retinanet_fl.ablation import main
+from retinanet_fl.ablation import describe_sweeps, load_sweep, main, run_sweep
 from retinanet_fl.ablation.regime import RegimeStats, write_regime
 from retinanet_fl.ablation.runner import RunSpec
 from retinanet_fl.ablation.study import (
@@ -251,3 +251,49 @@ def test_imbalance_study_compares_fl_with_the_best_ce_at_every_point():
     ]
     assert {cfg_of(r).SOLVER.BASE_LR for r in lr3x if r.arm.name == "fl"} == {0.12}
     assert select(study, ["obj3"], [5]).points[0].name == "obj3"
+
+
+def test_tables_with_seeds_show_mean_sd_and_paired_difference(tmp_path):
+    (tmp_path / "base.yaml").write_text("MODEL:\n  RETINANET:\n    NUM_CLASSES: 3\nVERSION: 2\n")
+    (tmp_path / "table_t.yaml").write_text(
+        "TABLE: t\nTITLE: 'Table t: alpha'\nBASE_CONFIG: base.yaml\n"
+        "OPTS: [MODEL.RETINANET_FL.CLS_LOSS, ce]\nCOLUMNS: ['α']\nROWS:\n"
+        "  - {NAME: a1, COLUMNS: ['.25'], OPTS: [MODEL.RETINANET.FOCAL_LOSS_ALPHA, 0.25],"
+        " PAPER: [10.8, 16.0, 11.7]}\n"
+        "  - {NAME: a3, COLUMNS: ['.75'], OPTS: [MODEL.RETINANET.FOCAL_LOSS_ALPHA, 0.75],"
+        " PAPER: [31.1, 49.4, 33.0]}\n"
+    )
+    calls = []
+
+    def fake(spec: RunSpec, resume: bool) -> int:
+        opts = dict(zip(spec.opts[0::2], spec.opts[1::2]))
+        alpha, seed = float(opts["MODEL.RETINANET.FOCAL_LOSS_ALPHA"]), int(opts["SEED"])
+        calls.append((alpha, seed))
+        assert spec.seed == seed
+        ap = 100 * alpha + SEED_NOISE[seed]
+        with open(spec.run_dir / "metrics.json", "a") as f:
+            f.write(json.dumps({"bbox/AP": ap, "bbox/AP50": ap, "bbox/AP75": ap}) + "\n")
+        return 0
+
+    sweep = load_sweep(tmp_path / "table_t.yaml")
+    run_sweep(sweep, tmp_path / "out", launcher=fake, seeds=[0, 1, 2])
+    # The whole table with seed 0, then with seed 1, ...
+    assert calls == [(a, s) for s in (0, 1, 2) for a in (0.25, 0.75)]
+    rows = _read_csv(tmp_path / "out" / "table_t.csv")
+    noise = list(SEED_NOISE.values())
+    assert [r["row"] for r in rows] == ["a1", "a3"]
+    assert float(rows[1]["AP_mean"]) == pytest.approx(75 + statistics.fmean(noise), abs=1e-4)
+    assert float(rows[1]["AP_sd"]) == pytest.approx(statistics.stdev(noise), abs=1e-4)
+    assert rows[1]["AP_n"] == "3" and rows[1]["AP_per_seed"] == "0:75.00 1:76.00 2:73.00"
+    # Paired by seed, the noise cancels.
+    assert float(rows[1]["delta_AP_vs_first_mean"]) == pytest.approx(50.0)
+    assert float(rows[1]["delta_AP_vs_first_sd"]) == pytest.approx(0.0, abs=1e-4)
+    markdown = (tmp_path / "out" / "table_t.md").read_text()
+    assert "Seeds: 0, 1, 2." in markdown
+    assert (
+        "| .75 | 74.7 ± 1.5 (n=3) | 74.7 | 74.7 | 75.0 / 76.0 / 73.0 | +50.0 ± 0.0 (n=3) | 31.1 |"
+        in markdown
+    )
+    assert (tmp_path / "out" / "table_t.png").stat().st_size > 10000
+    listing = describe_sweeps([sweep], tmp_path / "out", seeds=[0, 1])
+    assert "a3 seed 1 [finished]" in listing and "4 rows, 4 distinct runs" in listing

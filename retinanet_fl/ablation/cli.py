@@ -64,6 +64,7 @@ def run_sweep(
     launcher: Launcher = launch_train_net,
     num_gpus: int = 1,
     retry_failed: bool = False,
+    seeds: Optional[Sequence[int]] = None,
 ) -> List[RowResult]:
     """
     Run a table's rows one after the other, skipping finished ones, and rewrite the table files
@@ -77,11 +78,13 @@ def run_sweep(
         launcher: starts one run and returns its exit code (``train_net.py`` in a child process).
         num_gpus: forwarded to every run.
         retry_failed: run failed runs again.
+        seeds: run every row once per seed, the whole table seed after seed; the table then
+            shows each row's mean ± sd over seeds.
 
     Returns:
         every row's result.
     """
-    runs = plan_runs(sweep, output_dir, extra_opts, num_gpus)
+    runs = plan_runs(sweep, output_dir, extra_opts, num_gpus, seeds)
     notes = _notes(sweep, extra_opts)
     try:
         for row, spec in runs:
@@ -95,7 +98,10 @@ def run_sweep(
 
 
 def describe_sweeps(
-    sweeps: Sequence[Sweep], output_dir: Path, extra_opts: Sequence[Any] = ()
+    sweeps: Sequence[Sweep],
+    output_dir: Path,
+    extra_opts: Sequence[Any] = (),
+    seeds: Optional[Sequence[int]] = None,
 ) -> str:
     """
     The dry run: every table's runs, their status, run folder and config overrides.
@@ -112,12 +118,13 @@ def describe_sweeps(
             f"  base config: {sweep.base_config}"
             + (f" (preset {sweep.preset})" if sweep.preset else "")
         )
-        for row, spec in plan_runs(sweep, output_dir, extra_opts):
+        for row, spec in plan_runs(sweep, output_dir, extra_opts, seeds=seeds):
             status = read_status(spec.run_dir)
+            name = row.name if spec.seed is None else f"{row.name} seed {spec.seed}"
             shared = f", same run as {first_use[spec.run_dir]}" if spec.run_dir in first_use else ""
-            first_use.setdefault(spec.run_dir, f"{sweep.table}/{row.name}")
+            first_use.setdefault(spec.run_dir, f"{sweep.table}/{name}")
             lines.append(
-                f"  {row.name} [{status['status'] if status else 'pending'}{shared}] "
+                f"  {name} [{status['status'] if status else 'pending'}{shared}] "
                 f"runs/{spec.run_dir.name}: {' '.join(spec.opts)}"
             )
             total_rows += 1
@@ -174,6 +181,14 @@ def _sweep_parser() -> argparse.ArgumentParser:
         help="rewrite the tables from finished runs, run nothing",
     )
     parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run every row with each SEED (the whole table seed after seed); the tables show "
+        "mean ± sd over seeds and each row's paired difference to the first row",
+    )
     parser.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help=argparse.SUPPRESS)
     return parser
 
@@ -398,16 +413,22 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         f"{DEFAULT_OUTPUT_DIR}_{args.preset}" if args.preset else DEFAULT_OUTPUT_DIR
     )
     if args.dry_run:
-        print(describe_sweeps(sweeps, output_dir, extra_opts))
+        print(describe_sweeps(sweeps, output_dir, extra_opts, args.seeds))
         return 0
     for sweep in sweeps:
         if args.collect_only:
-            runs = plan_runs(sweep, output_dir, extra_opts, args.num_gpus)
+            runs = plan_runs(sweep, output_dir, extra_opts, args.num_gpus, args.seeds)
             results = collect_results(runs)
             paths = write_table(sweep, results, output_dir, _notes(sweep, extra_opts))
         else:
             results = run_sweep(
-                sweep, output_dir, extra_opts, launcher, args.num_gpus, args.retry_failed
+                sweep,
+                output_dir,
+                extra_opts,
+                launcher,
+                args.num_gpus,
+                args.retry_failed,
+                args.seeds,
             )
             paths = {
                 ext: Path(output_dir) / f"table_{sweep.table}.{ext}" for ext in ("md", "csv", "png")

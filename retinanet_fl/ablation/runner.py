@@ -49,12 +49,14 @@ class RunSpec:
         opts: ``KEY VALUE`` overrides as command-line strings, applied in order after the file.
         run_dir: the run's ``OUTPUT_DIR``.
         num_gpus: the ``--num-gpus`` (worker processes on a machine without CUDA).
+        seed: the ``SEED`` the overrides set when the sweep repeats rows over seeds, else None.
     """
 
     config_file: Path
     opts: Tuple[str, ...]
     run_dir: Path
     num_gpus: int = 1
+    seed: Optional[int] = None
 
     def command(self, resume: bool) -> List[str]:
         """
@@ -128,7 +130,11 @@ def config_digest(config_file: Path, opts: Sequence[str]) -> str:
 
 
 def plan_runs(
-    sweep: Sweep, output_dir: Path, extra_opts: Sequence[Any] = (), num_gpus: int = 1
+    sweep: Sweep,
+    output_dir: Path,
+    extra_opts: Sequence[Any] = (),
+    num_gpus: int = 1,
+    seeds: Optional[Sequence[int]] = None,
 ) -> List[Tuple[SweepRow, RunSpec]]:
     """
     The runs of a sweep.
@@ -138,10 +144,18 @@ def plan_runs(
         output_dir: the sweep's output folder; runs go to ``output_dir/runs/<digest>``.
         extra_opts: overrides appended to every run (``--opts``), e.g. a short schedule.
         num_gpus: forwarded to every run.
+        seeds: if given, every row runs once per seed (``SEED`` appended last), the whole table
+            with the first seed before the second.
 
     Returns:
-        (row, run) pairs in the table's order.
+        (row, run) pairs: in the table's order, seed after seed if seeds are given.
     """
+    if seeds:
+        return [
+            (row, dataclasses.replace(spec, seed=seed))
+            for seed in seeds
+            for row, spec in plan_runs(sweep, output_dir, [*extra_opts, "SEED", seed], num_gpus)
+        ]
     if not sweep.base_config.is_file():
         raise FileNotFoundError(
             f"Table {sweep.table}: base config '{sweep.base_config}' does not exist; "

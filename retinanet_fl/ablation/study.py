@@ -19,11 +19,10 @@ import csv
 import dataclasses
 import logging
 import math
-import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .collect import _relative
+from .collect import Spread, _relative
 from .regime import RegimeStats, read_regime, write_regime
 from .runner import (
     FAILED,
@@ -298,42 +297,6 @@ def _as_row(run: StudyRun) -> SweepRow:
 # ---------------------------------------------------------------------------------------------
 # Collecting
 # ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Spread:
-    """
-    Attributes:
-        values: the per-seed values the statistics are over, by seed.
-        mean: their mean (NaN without values).
-        sd: their sample standard deviation (NaN with fewer than 2 values).
-    """
-
-    values: Mapping[int, float]
-    mean: float
-    sd: float
-
-    @classmethod
-    def of(cls, values: Mapping[int, float]) -> "Spread":
-        """Returns: the mean and sample standard deviation of ``values`` (NaN ones left out)."""
-        kept = {seed: v for seed, v in values.items() if not math.isnan(v)}
-        numbers = list(kept.values())
-        mean = statistics.fmean(numbers) if numbers else math.nan
-        sd = statistics.stdev(numbers) if len(numbers) >= 2 else math.nan
-        return cls(kept, mean, sd)
-
-    @property
-    def n(self) -> int:
-        """Returns: the number of values."""
-        return len(self.values)
-
-    def format(self) -> str:
-        """Returns: "mean ± sd (n)", "mean (1)" or "–"."""
-        if not self.n:
-            return "–"
-        if self.n == 1:
-            return f"{self.mean:.1f} (n=1)"
-        return f"{self.mean:.1f} ± {self.sd:.1f} (n={self.n})"
-
-
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     """
