@@ -329,6 +329,18 @@ def test_objects_and_distractors_per_image_set_the_regime(tmp_path):
     with pytest.raises(ValueError, match="distractors_per_image must be a number"):
         generate_synthetic_coco(str(tmp_path / "bad"), **TINY, distractors_per_image=-1.0)
 
+    # A larger canvas with the objects' sizes kept.
+    generate_synthetic_coco(
+        str(tmp_path / "big"),
+        **{**TINY, "image_size": 128},
+        objects_per_image=(3, 3),
+        max_object_size=20.0,
+    )
+    boxes = [a["bbox"] for a in _load_json(tmp_path / "big")["annotations"]]
+    assert len(boxes) == 12 and max(max(w, h) for _, _, w, h in boxes) <= 21
+    with pytest.raises(ValueError, match="max_object_size must be in \\[12, image_size = 64\\]"):
+        generate_synthetic_coco(str(tmp_path / "bad"), **TINY, max_object_size=100.0)
+
     out = str(tmp_path / "cli")
     synthetic_cli.main(
         [

@@ -43,6 +43,7 @@ __all__ = [
     "load_synthetic_coco",
     "register_synthetic_coco",
     "SYNTHETIC_VARIANTS",
+    "SYNTHETIC_CANVAS_VARIANTS",
 ]
 
 DEFAULT_SYNTHETIC_ROOT = os.path.join(
@@ -117,6 +118,10 @@ SYNTHETIC_VARIANTS: Dict[str, Dict] = {
     "obj1_clean": dict(objects_per_image=(1, 1), distractors_per_image=0.0),
     "obj1_cluttered": dict(objects_per_image=(1, 1), distractors_per_image=8.0),
 }
+# The same objects (12-80 px) on a 320 px canvas: 4x the anchors, ~4x the negatives per positive.
+SYNTHETIC_CANVAS_VARIANTS: Dict[str, Dict] = {
+    "obj1_320": dict(objects_per_image=(1, 1), image_size=320, max_object_size=80.0),
+}
 VARIANT_NUM_VAL = 300
 
 register_synthetic_coco(
@@ -126,13 +131,15 @@ register_synthetic_coco(
     image_size=DEFAULT_IMAGE_SIZE,
     seed=DEFAULT_SEED,
 )
-for _variant, _layout in SYNTHETIC_VARIANTS.items():
+for _variant, _layout in {**SYNTHETIC_VARIANTS, **SYNTHETIC_CANVAS_VARIANTS}.items():
     register_synthetic_coco(
         f"{DEFAULT_SYNTHETIC_ROOT}_{_variant}",
         prefix=f"synthetic_{_variant}",
-        num_train=DEFAULT_NUM_TRAIN,
-        num_val=VARIANT_NUM_VAL,
-        image_size=DEFAULT_IMAGE_SIZE,
-        seed=DEFAULT_SEED,
-        **_layout,
+        **{
+            "num_train": DEFAULT_NUM_TRAIN,
+            "num_val": VARIANT_NUM_VAL,
+            "image_size": DEFAULT_IMAGE_SIZE,
+            "seed": DEFAULT_SEED,
+            **_layout,
+        },
     )

@@ -48,6 +48,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=DISTRACTORS_PER_IMAGE,
         help="mean number of distractors per image (clutter; default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-object-size",
+        type=float,
+        default=None,
+        help="largest object diameter in pixels (default: half the image size)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -60,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             args.seed,
             objects_per_image=None if args.objects is None else tuple(args.objects),
             distractors_per_image=args.distractors,
+            max_object_size=args.max_object_size,
         )
     except ValueError as e:
         parser.error(str(e))

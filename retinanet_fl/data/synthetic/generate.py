@@ -233,6 +233,7 @@ def _render_image(
     image_size: int,
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """
     Args:
@@ -242,11 +243,12 @@ def _render_image(
             default count (``EMPTY_IMAGE_FRACTION`` empty images, else geometric, at most
             ``MAX_OBJECTS_PER_IMAGE``). Objects that find no free place are left out.
         distractors_per_image: Poisson mean of the number of distractors.
+        max_object_size: largest object (and distractor) diameter; None: half the image.
 
     Returns:
         the (H, W, 3) uint8 RGB image and, for each object, (category_id, (H, W) bool visible mask).
     """
-    max_size = image_size / 2.0
+    max_size = image_size / 2.0 if max_object_size is None else float(max_object_size)
     min_size = min(MIN_OBJECT_SIZE, max_size)
     if objects_per_image is None:
         num_objects = 0
@@ -310,6 +312,7 @@ def _write_split(
     seed: int,
     objects_per_image: Optional[Tuple[int, int]],
     distractors_per_image: float,
+    max_object_size: Optional[float],
 ) -> int:
     """Render one split into ``out_dir``; returns the number of annotations."""
     json_file, image_root = synthetic_split_paths(out_dir, split)
@@ -317,7 +320,9 @@ def _write_split(
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_index, index]))
-        image, objects = _render_image(rng, image_size, objects_per_image, distractors_per_image)
+        image, objects = _render_image(
+            rng, image_size, objects_per_image, distractors_per_image, max_object_size
+        )
         file_name = f"{index + 1:06d}.jpg"
         path = os.path.join(image_root, file_name)
         if not cv2.imwrite(
@@ -355,6 +360,7 @@ def _write_split(
             "image_size": image_size,
             "objects_per_image": None if objects_per_image is None else list(objects_per_image),
             "distractors_per_image": distractors_per_image,
+            "max_object_size": max_object_size,
         },
         "licenses": [],
         "images": images,
@@ -371,9 +377,20 @@ def _write_split(
 
 
 def _check_layout(
-    objects_per_image: Optional[Tuple[int, int]], distractors_per_image: float
+    objects_per_image: Optional[Tuple[int, int]],
+    distractors_per_image: float,
+    max_object_size: Optional[float],
+    image_size: int,
 ) -> Optional[Tuple[int, int]]:
-    """Check the object and distractor counts; returns ``objects_per_image`` as a tuple."""
+    """Check the object counts and sizes; returns ``objects_per_image`` as a tuple."""
+    if max_object_size is not None and not (
+        isinstance(max_object_size, (int, float))
+        and MIN_OBJECT_SIZE <= max_object_size <= image_size
+    ):
+        raise ValueError(
+            f"Synthetic dataset: max_object_size must be in [{MIN_OBJECT_SIZE:g}, image_size = "
+            f"{image_size}], got {max_object_size!r}."
+        )
     if objects_per_image is not None:
         if not isinstance(objects_per_image, (list, tuple)) or len(objects_per_image) != 2:
             raise ValueError(
@@ -400,13 +417,16 @@ def _render_to_temp(
     seed: int,
     objects_per_image: Optional[Tuple[int, int]],
     distractors_per_image: float,
+    max_object_size: Optional[float],
 ) -> str:
     """Render the dataset into a new hidden folder beside ``out_dir`` (same file system: rename)."""
     _check_int_at_least("num_train", num_train, 1)
     _check_int_at_least("num_val", num_val, 1)
     _check_int_at_least("image_size", image_size, MIN_IMAGE_SIZE)
     _check_int_at_least("seed", seed, 0)
-    objects_per_image = _check_layout(objects_per_image, distractors_per_image)
+    objects_per_image = _check_layout(
+        objects_per_image, distractors_per_image, max_object_size, image_size
+    )
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -422,6 +442,7 @@ def _render_to_temp(
                 seed,
                 objects_per_image,
                 float(distractors_per_image),
+                None if max_object_size is None else float(max_object_size),
             )
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -452,6 +473,7 @@ def generate_synthetic_coco(
     seed: int = DEFAULT_SEED,
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> str:
     """
     Write the synthetic dataset to ``out_dir`` in COCO's format, replacing an earlier one there:
@@ -463,19 +485,28 @@ def generate_synthetic_coco(
         out_dir: the dataset's folder.
         num_train, num_val: images per split (>= 1).
         image_size: side of the square images in pixels (>= 32); object boxes span 10 px to half
-            of it.
+            of it (or to ``max_object_size``).
         seed: random seed (>= 0).
         objects_per_image: (min, max) objects per image, the count uniform in it; None: the
             default distribution (8 % empty images, else geometric with mean ~3.6, at most 16).
             Crowded images place fewer objects than asked where no free place is found.
         distractors_per_image: mean of the Poisson number of distractors per image (clutter).
+        max_object_size: the largest object diameter in pixels; None: half the image. Fixed, it
+            keeps the objects' sizes when the canvas grows (more negatives per positive).
 
     Returns:
         ``out_dir``.
     """
     _check_replaceable(out_dir)
     tmp_dir = _render_to_temp(
-        out_dir, num_train, num_val, image_size, seed, objects_per_image, distractors_per_image
+        out_dir,
+        num_train,
+        num_val,
+        image_size,
+        seed,
+        objects_per_image,
+        distractors_per_image,
+        max_object_size,
     )
     old_dir = None
     try:
@@ -503,6 +534,7 @@ def ensure_synthetic_coco(
     seed: int = DEFAULT_SEED,
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> str:
     """
     Generate the synthetic dataset at ``out_dir`` unless it is already complete there. Safe when
@@ -511,8 +543,8 @@ def ensure_synthetic_coco(
 
     Args:
         out_dir: the dataset's folder.
-        num_train, num_val, image_size, seed, objects_per_image, distractors_per_image: as in
-            :func:`generate_synthetic_coco`, used only when generating.
+        num_train, num_val, image_size, seed, objects_per_image, distractors_per_image,
+            max_object_size: as in :func:`generate_synthetic_coco`, used only when generating.
 
     Returns:
         ``out_dir``.
@@ -521,7 +553,14 @@ def ensure_synthetic_coco(
         return out_dir
     logger.info(f"Generating the synthetic dataset at {out_dir} (first use) ...")
     tmp_dir = _render_to_temp(
-        out_dir, num_train, num_val, image_size, seed, objects_per_image, distractors_per_image
+        out_dir,
+        num_train,
+        num_val,
+        image_size,
+        seed,
+        objects_per_image,
+        distractors_per_image,
+        max_object_size,
     )
     try:
         # rename() replaces a missing or empty folder atomically and fails on a non-empty one.
