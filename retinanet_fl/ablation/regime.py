@@ -13,7 +13,6 @@ anchor. *Easy* means a probability of being foreground (of that class) below ``E
 
 import dataclasses
 import json
-import logging
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,8 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .figures import dense_predictions_and_labels, load_inputs, split_samples
-
-logger = logging.getLogger(__name__)
 
 EASY_NEGATIVE_P = 0.1
 

@@ -17,7 +17,6 @@ The collector computes, per point, each arm's mean and standard deviation of AP 
 
 import csv
 import dataclasses
-import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -38,8 +37,6 @@ from .runner import (
     read_status,
 )
 from .sweeps import METRICS, REPO_ROOT, SWEEPS_DIR, SweepRow, _check_keys, _load_yaml, check_opts
-
-logger = logging.getLogger(__name__)
 
 STUDIES_DIR = SWEEPS_DIR / "studies"
 REGIME_DIR = "regime"
