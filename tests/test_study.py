@@ -239,8 +239,8 @@ def test_imbalance_study_compares_fl_with_the_best_ce_at_every_point():
     assert {(c.SOLVER.OPTIMIZER, c.SOLVER.BASE_LR, c.SOLVER.MAX_ITER) for c in first} == {
         ("SGD", 0.04, 400)
     }
-    # The objects-per-image axis first, then the others.
-    assert [p.name for p in study.points[:3]] == ["obj1", "obj12", "obj3"]
+    # The ends of the objects-per-image axis first, FL's learning rate, then the others.
+    assert [p.name for p in study.points[:4]] == ["obj1", "obj12", "obj1_fl_lr3x", "obj3"]
     # FL at 3x the LR shares its CE runs with obj1.
     by_point = {}
     for run in runs:
