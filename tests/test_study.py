@@ -11,7 +11,7 @@ import pytest
 
 from retinanet_fl.ablation import describe_sweeps, load_sweep, main, run_sweep
 from retinanet_fl.ablation.regime import RegimeStats, write_regime
-from retinanet_fl.ablation.runner import RunSpec
+from retinanet_fl.ablation.runner import RunSpec, plan_runs
 from retinanet_fl.ablation.study import (
     STUDIES_DIR,
     TRAINED_REGIME_FILE,
@@ -297,3 +297,23 @@ def test_tables_with_seeds_show_mean_sd_and_paired_difference(tmp_path):
     assert (tmp_path / "out" / "table_t.png").stat().st_size > 10000
     listing = describe_sweeps([sweep], tmp_path / "out", seeds=[0, 1])
     assert "a3 seed 1 [finished]" in listing and "4 rows, 4 distinct runs" in listing
+
+
+def test_sparse_preset_is_the_synthetic_preset_on_the_studys_sparsest_data():
+    from retinanet_fl.ablation import load_sweeps
+
+    synthetic = {s.table: s for s in load_sweeps(["all"], preset="synthetic")}
+    for sweep in load_sweeps(["all"], preset="synthetic_sparse"):
+        assert [r.name for r in sweep.rows] == [r.name for r in synthetic[sweep.table].rows]
+        for _, spec in plan_runs(sweep, Path("/out")):
+            opts = dict(zip(spec.opts[0::2], spec.opts[1::2]))
+            assert opts["DATASETS.TRAIN"] == "('synthetic_obj1_train',)"
+            assert opts["DATASETS.TEST"] == "('synthetic_obj1_val',)"
+    # In the same output folder, Table 1b's CE and FL rows are the study's obj1 runs.
+    study = select(load_study(STUDIES_DIR / "imbalance.yaml"), ["obj1"])
+    obj1_runs = {(r.arm.name, r.seed): r.spec.run_dir for r in plan_study(study, Path("/out"))}
+    table_1b = load_sweeps(["1b"], preset="synthetic_sparse")[0]
+    for row, spec in plan_runs(table_1b, Path("/out"), seeds=[0, 1, 2]):
+        if row.name in ("gamma_0_alpha_0.75", "gamma_2_alpha_0.25"):
+            arm = "ce" if row.name.startswith("gamma_0_") else "fl"
+            assert spec.run_dir == obj1_runs[(arm, spec.seed)]
