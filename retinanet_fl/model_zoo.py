@@ -8,7 +8,8 @@ from typing import List
 
 __all__ = ["CONFIGS_DIR", "get_config_file", "list_config_files"]
 
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+# Resolved: in a checkout, retinanet_fl/configs links to the repository's configs/.
+CONFIGS_DIR = (Path(__file__).resolve().parent / "configs").resolve()
 
 
 def list_config_files() -> List[str]:

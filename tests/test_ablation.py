@@ -203,7 +203,7 @@ def test_two_run_sweep_writes_table_files_with_both_rows(tmp_path):
     assert (tmp_path / "out" / "table_t.png").stat().st_size > 1000
     # A run is an ordinary train_net.py command.
     command = read_status(results[0].run_dir)["command"]
-    assert command[1].endswith("train_net.py") and "OUTPUT_DIR" in command
+    assert command[1:3] == ["-m", "retinanet_fl.train_net"] and "OUTPUT_DIR" in command
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_runs(tmp_path):

@@ -48,6 +48,8 @@ def test_wheel_ships_configs_and_tools(tmp_path):
         "print(len(list_config_files()))\n"
         "cfg = load_config(get_config_file('synthetic/retinanet_R18_FPN_synthetic.yaml'))\n"
         "print(cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.RESNETS.DEPTH)\n"
+        "from retinanet_fl.ablation.sweeps import SWEEPS_DIR, TABLE_FILES\n"
+        "assert all((SWEEPS_DIR / name).is_file() for name in TABLE_FILES.values())\n"
     )
     environment = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
     output = subprocess.run(
@@ -60,7 +62,12 @@ def test_wheel_ships_configs_and_tools(tmp_path):
     ).stdout.split("\n")
     assert int(output[0]) == len(list((REPO_ROOT / "configs").rglob("*.yaml")))
     assert output[1] == "FocalLossRetinaNet 18"
-    for tool in ("retinanet_fl.train_net", "retinanet_fl.demo", "retinanet_fl.predict"):
+    for tool in (
+        "retinanet_fl.train_net",
+        "retinanet_fl.demo",
+        "retinanet_fl.predict",
+        "retinanet_fl.ablation",
+    ):
         subprocess.run(
             [sys.executable, "-m", tool, "--help"],
             cwd=tmp_path,

@@ -299,3 +299,76 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         synthetic_cli.main(["--out", out, "--image-size", "8"])
     assert "image_size must be an integer >= 32" in capsys.readouterr().err
+
+
+def test_objects_and_distractors_per_image_set_the_regime(tmp_path):
+    """The imbalance study's knobs: a fixed object count, and the clutter (distractors)."""
+    generate_synthetic_coco(
+        str(tmp_path / "two"), **{**TINY, "image_size": 96}, objects_per_image=(2, 2)
+    )
+    dataset = _load_json(tmp_path / "two")
+    per_image = [
+        sum(a["image_id"] == im["id"] for a in dataset["annotations"]) for im in dataset["images"]
+    ]
+    assert per_image == [2, 2, 2, 2]
+    assert dataset["info"]["objects_per_image"] == [2, 2]
+
+    # Without distractors, the only saturated colours in an image are the objects' own.
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        image, objects = synthetic_generate._render_image(rng, 96, (0, 1), 0.0)
+        covered = np.zeros(image.shape[:2], bool)
+        for _, visible in objects:
+            covered |= visible
+        spread = image.astype(int).max(axis=2) - image.astype(int).min(axis=2)
+        assert np.count_nonzero((spread > 120) & ~covered) < 20
+    with pytest.raises(ValueError, match="objects_per_image must be \\(min, max\\)"):
+        generate_synthetic_coco(str(tmp_path / "bad"), **TINY, objects_per_image=3)
+    with pytest.raises(ValueError, match="objects_per_image max must be an integer >= 3"):
+        generate_synthetic_coco(str(tmp_path / "bad"), **TINY, objects_per_image=(3, 2))
+    with pytest.raises(ValueError, match="distractors_per_image must be a number"):
+        generate_synthetic_coco(str(tmp_path / "bad"), **TINY, distractors_per_image=-1.0)
+
+    # A larger canvas with the objects' sizes kept.
+    generate_synthetic_coco(
+        str(tmp_path / "big"),
+        **{**TINY, "image_size": 128},
+        objects_per_image=(3, 3),
+        max_object_size=20.0,
+    )
+    boxes = [a["bbox"] for a in _load_json(tmp_path / "big")["annotations"]]
+    assert len(boxes) == 12 and max(max(w, h) for _, _, w, h in boxes) <= 21
+    with pytest.raises(ValueError, match="max_object_size must be in \\[12, image_size = 64\\]"):
+        generate_synthetic_coco(str(tmp_path / "bad"), **TINY, max_object_size=100.0)
+
+    out = str(tmp_path / "cli")
+    synthetic_cli.main(
+        [
+            "--out",
+            out,
+            "--num-train",
+            "2",
+            "--num-val",
+            "1",
+            "--image-size",
+            "64",
+            "--objects",
+            "1",
+            "1",
+            "--distractors",
+            "0",
+        ]
+    )
+    assert len(_load_json(out)["annotations"]) == 2
+
+
+def test_study_variants_are_registered():
+    for variant, layout in synthetic.SYNTHETIC_VARIANTS.items():
+        for split in ("train", "val"):
+            metadata = MetadataCatalog.get(f"synthetic_{variant}_{split}")
+            assert (
+                metadata.json_file
+                == synthetic_split_paths(f"{synthetic.DEFAULT_SYNTHETIC_ROOT}_{variant}", split)[0]
+            )
+            assert metadata.thing_classes == list(SYNTHETIC_CLASSES)
+    assert synthetic.SYNTHETIC_VARIANTS["obj1"]["objects_per_image"] == (1, 1)

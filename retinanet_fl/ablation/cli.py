@@ -7,17 +7,41 @@ Figures 1 and 4.
     python -m retinanet_fl.ablation --table 1b --opts SOLVER.MAX_ITER 20000 --num-gpus 8
     python -m retinanet_fl.ablation figure1
     python -m retinanet_fl.ablation figure4 --config-file CFG MODEL.WEIGHTS model_final.pth
+    python -m retinanet_fl.ablation stats --config-file CFG [MODEL.WEIGHTS model_final.pth]
+    python -m retinanet_fl.ablation study imbalance [--points obj1 obj12] [--seeds 0 1 2]
 """
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .collect import RowResult, collect_results, write_table
 from .figures import figure1, figure4
-from .runner import FAILED, Launcher, execute_run, launch_train_net, plan_runs, read_status
+from .regime import regime_stats, write_regime
+from .study import (
+    STUDIES_DIR,
+    available_studies,
+    collect_runs,
+    load_study,
+    measure_trained_regime,
+    measure_training_regime,
+    plan_study,
+    run_study,
+    select,
+    write_study,
+)
+from .runner import (
+    FAILED,
+    FINISHED,
+    Launcher,
+    execute_run,
+    launch_train_net,
+    plan_runs,
+    read_status,
+)
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
 
 logger = logging.getLogger(__name__)
@@ -40,6 +64,7 @@ def run_sweep(
     launcher: Launcher = launch_train_net,
     num_gpus: int = 1,
     retry_failed: bool = False,
+    seeds: Optional[Sequence[int]] = None,
 ) -> List[RowResult]:
     """
     Run a table's rows one after the other, skipping finished ones, and rewrite the table files
@@ -53,11 +78,13 @@ def run_sweep(
         launcher: starts one run and returns its exit code (``train_net.py`` in a child process).
         num_gpus: forwarded to every run.
         retry_failed: run failed runs again.
+        seeds: run every row once per seed, the whole table seed after seed; the table then
+            shows each row's mean ± sd over seeds.
 
     Returns:
         every row's result.
     """
-    runs = plan_runs(sweep, output_dir, extra_opts, num_gpus)
+    runs = plan_runs(sweep, output_dir, extra_opts, num_gpus, seeds)
     notes = _notes(sweep, extra_opts)
     try:
         for row, spec in runs:
@@ -71,7 +98,10 @@ def run_sweep(
 
 
 def describe_sweeps(
-    sweeps: Sequence[Sweep], output_dir: Path, extra_opts: Sequence[Any] = ()
+    sweeps: Sequence[Sweep],
+    output_dir: Path,
+    extra_opts: Sequence[Any] = (),
+    seeds: Optional[Sequence[int]] = None,
 ) -> str:
     """
     The dry run: every table's runs, their status, run folder and config overrides.
@@ -88,12 +118,13 @@ def describe_sweeps(
             f"  base config: {sweep.base_config}"
             + (f" (preset {sweep.preset})" if sweep.preset else "")
         )
-        for row, spec in plan_runs(sweep, output_dir, extra_opts):
+        for row, spec in plan_runs(sweep, output_dir, extra_opts, seeds=seeds):
             status = read_status(spec.run_dir)
+            name = row.name if spec.seed is None else f"{row.name} seed {spec.seed}"
             shared = f", same run as {first_use[spec.run_dir]}" if spec.run_dir in first_use else ""
-            first_use.setdefault(spec.run_dir, f"{sweep.table}/{row.name}")
+            first_use.setdefault(spec.run_dir, f"{sweep.table}/{name}")
             lines.append(
-                f"  {row.name} [{status['status'] if status else 'pending'}{shared}] "
+                f"  {name} [{status['status'] if status else 'pending'}{shared}] "
                 f"runs/{spec.run_dir.name}: {' '.join(spec.opts)}"
             )
             total_rows += 1
@@ -108,7 +139,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
         prog="python -m retinanet_fl.ablation",
         description="Reproduce the paper's ablations (Table 1a-d, Table 3, the prior study) "
         "as train_net.py runs.",
-        epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'.",
+        epilog="Figures: 'python -m retinanet_fl.ablation figure1 --help', '... figure4 --help'; "
+        "the imbalance regime: '... stats --help'; multi-seed studies: '... study --help'.",
     )
     parser.add_argument(
         "--table",
@@ -149,6 +181,14 @@ def _sweep_parser() -> argparse.ArgumentParser:
         help="rewrite the tables from finished runs, run nothing",
     )
     parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="run every row with each SEED (the whole table seed after seed); the tables show "
+        "mean ± sd over seeds and each row's paired difference to the first row",
+    )
     parser.add_argument("--sweeps-dir", type=Path, default=SWEEPS_DIR, help=argparse.SUPPRESS)
     return parser
 
@@ -183,6 +223,122 @@ def _figure4_parser() -> argparse.ArgumentParser:
         help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
     )
     return parser
+
+
+def _stats_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation stats",
+        description="The class-imbalance regime of a config on a dataset: anchors per image, "
+        "positive / ignored / negative anchors per image, negatives per positive; with "
+        "MODEL.WEIGHTS, the share of the negatives' CE loss carried by easy negatives "
+        "(p < 0.1).",
+    )
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument(
+        "--dataset", default=None, help="a registered dataset (default: DATASETS.TRAIN[0])"
+    )
+    parser.add_argument("--num-images", type=int, default=100, help="its first images measured")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="count the anchors of one blank H x W image instead (no dataset needed, e.g. COCO)",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    return parser
+
+
+def _run_stats(args: argparse.Namespace) -> None:
+    from ..config import load_config
+
+    cfg = load_config(args.config_file, list(check_opts(args.opts, "stats overrides")))
+    stats = regime_stats(
+        cfg,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        image_size=None if args.image_size is None else tuple(args.image_size),
+    )
+    print(stats.format())
+    if args.output:
+        print(f"wrote {write_regime(stats, args.output)}")
+
+
+def _study_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retinanet_fl.ablation study",
+        description="Run a multi-seed study (configs/ablations/studies/NAME.yaml): every arm at "
+        "every point with every seed, resumably; write study_NAME.{md,csv,png} with means, "
+        "standard deviations and the paired differences to the reference arm.",
+    )
+    parser.add_argument("name", help=f"the study, one of {available_studies()}")
+    parser.add_argument("--points", nargs="+", default=None, help="run only these points, in order")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="replace the seeds")
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides appended to every run",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="forwarded to train_net.py")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where runs and tables go (default output/study_NAME)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="rewrite the files from the runs, run nothing"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    parser.add_argument("--studies-dir", type=Path, default=STUDIES_DIR, help=argparse.SUPPRESS)
+    return parser
+
+
+def _run_study(argv: Sequence[str], launcher: Launcher) -> None:
+    args = _study_parser().parse_args(argv)
+    path = args.studies_dir / f"{args.name}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"Unknown study '{args.name}': no {path}. "
+            f"Available studies: {available_studies(args.studies_dir)}."
+        )
+    study = select(load_study(path), args.points, args.seeds)
+    extra_opts = check_opts(args.opts, "--opts")
+    output_dir = args.output_dir or Path("output") / f"study_{study.name}"
+    command = " ".join(["python -m retinanet_fl.ablation study", *map(shlex.quote, argv)])
+    if args.dry_run:
+        runs = plan_study(study, output_dir, extra_opts, args.num_gpus)
+        for run in runs:
+            status = read_status(run.spec.run_dir)
+            print(
+                f"{run.point.name} {run.arm.name} seed {run.seed} "
+                f"[{status['status'] if status else 'pending'}] runs/{run.spec.run_dir.name}"
+            )
+        distinct = len({run.spec.run_dir for run in runs})
+        print(f"{len(runs)} runs ({distinct} distinct), in {Path(output_dir).resolve()}")
+        return
+    if args.collect_only:
+        runs = plan_study(study, output_dir, extra_opts, args.num_gpus)
+        for result in collect_runs(runs):
+            if result.status == FINISHED:
+                measure_trained_regime(result.run.spec)
+        results = collect_runs(runs)
+        paths = write_study(study, results, output_dir, command, measure_training_regime)
+    else:
+        run_study(
+            study, output_dir, command, extra_opts, launcher, args.num_gpus, args.retry_failed
+        )
+        paths = {ext: output_dir / f"study_{study.name}.{ext}" for ext in ("md", "csv", "png")}
+    print(f"Study {study.name}: " + ", ".join(str(p) for p in paths.values()))
 
 
 def _run_figure4(args: argparse.Namespace) -> None:
@@ -238,6 +394,12 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
     if argv and argv[0] == "figure4":
         _run_figure4(_figure4_parser().parse_args(argv[1:]))
         return 0
+    if argv and argv[0] == "stats":
+        _run_stats(_stats_parser().parse_args(argv[1:]))
+        return 0
+    if argv and argv[0] == "study":
+        _run_study(argv[1:], launcher)
+        return 0
 
     args = _sweep_parser().parse_args(argv)
     extra_opts = check_opts(args.opts, "--opts")
@@ -251,16 +413,22 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         f"{DEFAULT_OUTPUT_DIR}_{args.preset}" if args.preset else DEFAULT_OUTPUT_DIR
     )
     if args.dry_run:
-        print(describe_sweeps(sweeps, output_dir, extra_opts))
+        print(describe_sweeps(sweeps, output_dir, extra_opts, args.seeds))
         return 0
     for sweep in sweeps:
         if args.collect_only:
-            runs = plan_runs(sweep, output_dir, extra_opts, args.num_gpus)
+            runs = plan_runs(sweep, output_dir, extra_opts, args.num_gpus, args.seeds)
             results = collect_results(runs)
             paths = write_table(sweep, results, output_dir, _notes(sweep, extra_opts))
         else:
             results = run_sweep(
-                sweep, output_dir, extra_opts, launcher, args.num_gpus, args.retry_failed
+                sweep,
+                output_dir,
+                extra_opts,
+                launcher,
+                args.num_gpus,
+                args.retry_failed,
+                args.seeds,
             )
             paths = {
                 ext: Path(output_dir) / f"table_{sweep.table}.{ext}" for ext in ("md", "csv", "png")

@@ -8,11 +8,13 @@ the paper's. Failed runs appear as failed with their error; runs not done yet as
 import csv
 import dataclasses
 import math
+import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .runner import FAILED, FINISHED, PENDING, RunSpec, read_eval_results, read_status
-from .sweeps import METRICS, REPO_ROOT, Sweep, SweepRow
+from ..model_zoo import CONFIGS_DIR
+from .sweeps import METRICS, Sweep, SweepRow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,7 @@ class RowResult:
         status: "finished", "failed", "running" (or interrupted) or "pending" (never started).
         metrics: our ``{"AP", "AP50", "AP75"}`` if finished, else None.
         error: why the run failed, or "".
+        seed: the run's ``SEED`` in a multi-seed sweep, else None.
     """
 
     row: SweepRow
@@ -31,6 +34,7 @@ class RowResult:
     status: str
     metrics: Optional[Dict[str, float]]
     error: str = ""
+    seed: Optional[int] = None
 
     def delta(self, index: int) -> Optional[float]:
         """Ours minus the paper's for ``METRICS[index]``, or None if either is missing."""
@@ -38,6 +42,49 @@ class RowResult:
         if self.metrics is None or paper is None:
             return None
         return self.metrics[METRICS[index]] - paper
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """
+    Attributes:
+        values: the per-seed values the statistics are over, by seed.
+        mean: their mean (NaN without values).
+        sd: their sample standard deviation (NaN with fewer than 2 values).
+    """
+
+    values: Mapping[int, float]
+    mean: float
+    sd: float
+
+    @classmethod
+    def of(cls, values: Mapping[int, float]) -> "Spread":
+        """Returns: the mean and sample standard deviation of ``values`` (NaN ones left out)."""
+        kept = {seed: v for seed, v in values.items() if not math.isnan(v)}
+        numbers = list(kept.values())
+        mean = statistics.fmean(numbers) if numbers else math.nan
+        sd = statistics.stdev(numbers) if len(numbers) >= 2 else math.nan
+        return cls(kept, mean, sd)
+
+    @property
+    def n(self) -> int:
+        """Returns: the number of values."""
+        return len(self.values)
+
+    def format(self, signed: bool = False) -> str:
+        """
+        Args:
+            signed: write the mean with its sign (a difference).
+
+        Returns:
+            "mean ± sd (n=N)", "mean (n=1)" or "–".
+        """
+        if not self.n:
+            return "–"
+        mean = f"{self.mean:+.1f}" if signed else f"{self.mean:.1f}"
+        if self.n == 1:
+            return f"{mean} (n=1)"
+        return f"{mean} ± {self.sd:.1f} (n={self.n})"
 
 
 def collect_results(runs: Sequence[Tuple[SweepRow, RunSpec]]) -> List[RowResult]:
@@ -54,8 +101,159 @@ def collect_results(runs: Sequence[Tuple[SweepRow, RunSpec]]) -> List[RowResult]
         state = status["status"] if status else PENDING
         metrics = read_eval_results(spec.run_dir) if state == FINISHED else None
         error = status.get("error", "") if status else ""
-        results.append(RowResult(row, spec.run_dir, state, metrics, error))
+        results.append(RowResult(row, spec.run_dir, state, metrics, error, spec.seed))
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class SeededRow:
+    """
+    A row of a multi-seed sweep.
+
+    Attributes:
+        row: the table row.
+        results: its runs, one per seed.
+        metrics: per metric, the spread over the finished seeds (a run without detections,
+            COCOEvaluator's NaN, counts as 0).
+        vs_first: per metric, the spread of the paired difference to the table's first row
+            (same seed, both finished).
+    """
+
+    row: SweepRow
+    results: Tuple[RowResult, ...]
+    metrics: Mapping[str, Spread]
+    vs_first: Mapping[str, Spread]
+
+
+def _finished_values(results: Sequence[RowResult], metric: str) -> Dict[int, float]:
+    return {
+        r.seed: (0.0 if math.isnan(r.metrics[metric]) else r.metrics[metric])
+        for r in results
+        if r.metrics is not None
+    }
+
+
+def summarize_seeds(results: Sequence[RowResult]) -> List[SeededRow]:
+    """
+    Args:
+        results: a multi-seed sweep's results (every result has a seed).
+
+    Returns:
+        one entry per row, in the table's order: mean and sd over seeds, and the paired
+        difference to the first row.
+    """
+    by_row: Dict[str, List[RowResult]] = {}
+    for result in results:
+        by_row.setdefault(result.row.name, []).append(result)
+    groups = list(by_row.values())
+    first = groups[0] if groups else []
+    rows = []
+    for group in groups:
+        vs_first = {}
+        for metric in METRICS:
+            mine, reference = _finished_values(group, metric), _finished_values(first, metric)
+            vs_first[metric] = Spread.of(
+                {seed: v - reference[seed] for seed, v in mine.items() if seed in reference}
+            )
+        metrics = {m: Spread.of(_finished_values(group, m)) for m in METRICS}
+        rows.append(SeededRow(group[0].row, tuple(group), metrics, vs_first))
+    return rows
+
+
+def _seeds_text(seeded: SeededRow) -> str:
+    return " / ".join(
+        f"{r.metrics['AP']:.1f}" if r.metrics else r.status
+        for r in sorted(seeded.results, key=lambda r: r.seed)
+    )
+
+
+def write_seeded_markdown(
+    sweep: Sweep, results: Sequence[RowResult], path: Path, notes: Sequence[str] = ()
+) -> None:
+    """
+    A multi-seed table in Markdown: per row, AP / AP50 / AP75 as mean ± sd over seeds, each
+    seed's AP, the paired difference to the first row, and the paper's AP.
+    """
+    seeded = summarize_seeds(results)
+    seeds = sorted({r.seed for r in results})
+    first = seeded[0].row.columns if seeded else ()
+    header = [
+        *sweep.columns,
+        "AP (mean ± sd)",
+        "AP50",
+        "AP75",
+        f"AP per seed ({' / '.join(map(str, seeds))})",
+        f"ΔAP vs {' '.join(first)} (paired)",
+        "paper AP",
+    ]
+    lines = [f"# {sweep.title}", "", _setting(sweep), "", f"Seeds: {', '.join(map(str, seeds))}."]
+    lines += [""] + [f"{note}" for note in notes] + ([""] if notes else [])
+    lines += [
+        "Mean ± sample standard deviation over the seeds that finished (n); a run without "
+        "detections counts as AP 0. ΔAP: the row minus the first row, seed by seed.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for entry in seeded:
+        delta = entry.vs_first["AP"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    *entry.row.columns,
+                    entry.metrics["AP"].format(),
+                    "–" if not entry.metrics["AP50"].n else f"{entry.metrics['AP50'].mean:.1f}",
+                    "–" if not entry.metrics["AP75"].n else f"{entry.metrics['AP75'].mean:.1f}",
+                    _seeds_text(entry),
+                    "–" if entry is seeded[0] or not delta.n else delta.format(signed=True),
+                    _paper_cells(entry.row)[0],
+                ]
+            )
+            + " |"
+        )
+    failures = [r for r in results if r.status == FAILED]
+    if failures:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r.row.name}, seed {r.seed}: {r.error}" for r in failures]
+    lines += ["", "Runs:", ""]
+    lines += [
+        f"- {r.row.name}, seed {r.seed}: `{_relative(r.run_dir, Path(path).parent)}` ({r.status})"
+        for r in results
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_seeded_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
+    """
+    One line per row: key columns, row name, per metric mean, sd and n over seeds, the per-seed
+    APs, the paired AP difference to the first row (mean, sd, n) and the paper's AP.
+    """
+    header = [*sweep.columns, "row"]
+    for metric in METRICS:
+        header += [f"{metric}_mean", f"{metric}_sd", f"{metric}_n"]
+    header += ["AP_per_seed", "delta_AP_vs_first_mean", "delta_AP_vs_first_sd"]
+    header += ["delta_AP_vs_first_n", "paper_AP"]
+
+    def cell(value: Optional[float]) -> str:
+        return "" if value is None or math.isnan(value) else repr(round(value, 4))
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for entry in summarize_seeds(results):
+            line = [*entry.row.columns, entry.row.name]
+            for metric in METRICS:
+                spread = entry.metrics[metric]
+                line += [cell(spread.mean), cell(spread.sd), spread.n]
+            line.append(
+                " ".join(
+                    f"{seed}:{v:.2f}" for seed, v in sorted(entry.metrics["AP"].values.items())
+                )
+            )
+            delta = entry.vs_first["AP"]
+            line += [cell(delta.mean), cell(delta.sd), delta.n, cell(entry.row.paper[0])]
+            writer.writerow(line)
 
 
 def _number(value: Optional[float]) -> str:
@@ -97,6 +295,21 @@ def _best_index(results: Sequence[RowResult]) -> Optional[int]:
     return max(valid, key=lambda i: scores[i]) if valid else None
 
 
+def _setting(sweep: Sweep) -> str:
+    """The setting and the base config, as lines of Markdown."""
+    if sweep.preset:
+        setting = (
+            f"{sweep.preset_description.rstrip('.')} (preset `{sweep.preset}`); "
+            f"the paper: {sweep.description}"
+        )
+    else:
+        setting = sweep.description
+    base_config = sweep.base_config
+    if base_config.is_relative_to(CONFIGS_DIR):  # shown as the repository's configs/ path
+        base_config = "configs" / base_config.relative_to(CONFIGS_DIR)
+    return f"Setting: {setting}\n\nBase config: `{base_config}`."
+
+
 def write_markdown(
     sweep: Sweep, results: Sequence[RowResult], path: Path, notes: Sequence[str] = ()
 ) -> None:
@@ -115,18 +328,7 @@ def write_markdown(
         *(f"paper {m}" for m in METRICS),
         *(f"Δ{m}" for m in METRICS),
     ]
-    lines = [f"# {sweep.title}", ""]
-    if sweep.preset:
-        setting = (
-            f"{sweep.preset_description.rstrip('.')} (preset `{sweep.preset}`); "
-            f"the paper: {sweep.description}"
-        )
-    else:
-        setting = sweep.description
-    base_config = sweep.base_config
-    if base_config.is_relative_to(REPO_ROOT):
-        base_config = base_config.relative_to(REPO_ROOT)
-    lines += [f"Setting: {setting}", "", f"Base config: `{base_config}`.", ""]
+    lines = [f"# {sweep.title}", "", _setting(sweep), ""]
     lines += [f"{note}" for note in notes] + ([""] if notes else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = _best_index(results)
@@ -206,14 +408,30 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    seeded = summarize_seeds(results) if any(r.seed is not None for r in results) else None
+    if seeded is not None:
+        results = [entry.results[0] for entry in seeded]
     positions = list(range(len(results)))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(results) + 2.0), 4.0))
     paper = [(i, r.row.paper[0]) for i, r in zip(positions, results) if r.row.paper[0] is not None]
     ours = [(i, r.metrics["AP"]) for i, r in zip(positions, results) if r.metrics is not None]
     failed = [i for i, r in zip(positions, results) if r.status == FAILED]
+    if seeded is not None:
+        ours = [(i, e.metrics["AP"].mean) for i, e in zip(positions, seeded) if e.metrics["AP"].n]
+        failed = []
     if paper:
         ax.plot(*zip(*paper), "s--", color="tab:gray", label="paper")
-    if ours:
+    if ours and seeded is not None:
+        sds = [seeded[i].metrics["AP"].sd for i, _ in ours]
+        ax.errorbar(
+            *zip(*ours),
+            yerr=[0.0 if math.isnan(sd) else sd for sd in sds],
+            fmt="o-",
+            capsize=4,
+            color="tab:blue",
+            label="ours, mean ± sd over seeds" + (f" ({sweep.preset})" if sweep.preset else ""),
+        )
+    elif ours:
         ax.plot(
             *zip(*ours),
             "o-",
@@ -250,7 +468,9 @@ def write_table(
     sweep: Sweep, results: Sequence[RowResult], output_dir: Path, notes: Sequence[str] = ()
 ) -> Dict[str, Path]:
     """
-    Write ``table_<id>.md``, ``.csv`` and ``.png`` into ``output_dir``.
+    Write ``table_<id>.md``, ``.csv`` and ``.png`` into ``output_dir``; for a multi-seed sweep
+    (results with seeds), with each row's mean ± sd over seeds and its paired difference to the
+    first row.
 
     Returns:
         the paths, keyed by "md", "csv", "png".
@@ -258,7 +478,11 @@ def write_table(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: output_dir / f"table_{sweep.table}.{ext}" for ext in ("md", "csv", "png")}
-    write_markdown(sweep, results, paths["md"], notes)
-    write_csv(sweep, results, paths["csv"])
+    if any(r.seed is not None for r in results):
+        write_seeded_markdown(sweep, results, paths["md"], notes)
+        write_seeded_csv(sweep, results, paths["csv"])
+    else:
+        write_markdown(sweep, results, paths["md"], notes)
+        write_csv(sweep, results, paths["csv"])
     plot_table(sweep, results, paths["png"])
     return paths

@@ -135,6 +135,33 @@ def hardest_share(losses: Tensor, fraction: float) -> float:
 
 
 @torch.no_grad()
+def dense_predictions_and_labels(
+    model: torch.nn.Module, batched_input: Dict
+) -> Tuple[Tensor, Tensor]:
+    """
+    One image through a FocalLossRetinaNet: its classification logits over all anchors and the
+    labels the model assigns those anchors in training (``model.label_anchors``).
+
+    Args:
+        model: a FocalLossRetinaNet, in eval mode.
+        batched_input: a Detectron2 input dict with "image" and "instances".
+
+    Returns:
+        Tensor: (R, K) logits.
+        Tensor: (R,) int64 labels: a class in [0, K), K for background, -1 for ignored.
+    """
+    images = model.preprocess_image([batched_input])
+    features = model.backbone(images.tensor)
+    features = [features[f] for f in model.head_in_features]
+    pred_logits, _ = model._transpose_dense_predictions(
+        model.head(features), [model.num_classes, 4]
+    )
+    anchors = model.anchor_generator(features)
+    gt_labels, _ = model.label_anchors(anchors, [batched_input["instances"].to(model.device)])
+    return torch.cat(pred_logits, dim=1)[0].float().cpu(), gt_labels[0].cpu()
+
+
+@torch.no_grad()
 def gather_sample_logits(
     model: torch.nn.Module,
     inputs: Sequence[Dict],
@@ -159,16 +186,8 @@ def gather_sample_logits(
     positives: List[Tensor] = []
     negatives: List[Tensor] = []
     for batched_input in inputs:
-        images = model.preprocess_image([batched_input])
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-        pred_logits, _ = model._transpose_dense_predictions(
-            model.head(features), [model.num_classes, 4]
-        )
-        anchors = model.anchor_generator(features)
-        gt_labels, _ = model.label_anchors(anchors, [batched_input["instances"].to(model.device)])
         pos, neg = split_samples(
-            torch.cat(pred_logits, dim=1)[0].float().cpu(), gt_labels[0].cpu(), model.num_classes
+            *dense_predictions_and_labels(model, batched_input), model.num_classes
         )
         if max_negatives_per_image is not None and len(neg) > max_negatives_per_image:
             neg = neg[torch.randperm(len(neg), generator=generator)[:max_negatives_per_image]]
@@ -177,16 +196,27 @@ def gather_sample_logits(
     return torch.cat(positives), torch.cat(negatives)
 
 
-def _load_inputs(cfg, num_images: int) -> List[Dict]:
-    """The first ``num_images`` images of ``cfg.DATASETS.TEST[0]``, at test size, with their GT."""
+def load_inputs(cfg, num_images: int, dataset_name: Optional[str] = None) -> List[Dict]:
+    """
+    Args:
+        cfg: the model's config.
+        num_images: images to load, from the dataset's start.
+        dataset_name: a registered dataset; default ``cfg.DATASETS.TEST[0]``.
+
+    Returns:
+        Detectron2 inputs of the dataset's first images, resized as at test time, with their GT.
+    """
     from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.data import transforms as T
 
-    if not cfg.DATASETS.TEST:
-        raise ValueError(
-            "DATASETS.TEST is empty: Figure 4 runs the model over the first test dataset's images."
-        )
-    dataset_dicts = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:num_images]
+    if dataset_name is None:
+        if not cfg.DATASETS.TEST:
+            raise ValueError(
+                "DATASETS.TEST is empty: Figure 4 runs the model over the first test dataset's "
+                "images."
+            )
+        dataset_name = cfg.DATASETS.TEST[0]
+    dataset_dicts = DatasetCatalog.get(dataset_name)[:num_images]
     mapper = DatasetMapper(
         is_train=True,  # keeps the annotations; the only augmentation is the test resize
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
@@ -233,7 +263,7 @@ def figure4(
         logger.warning("MODEL.WEIGHTS is empty: Figure 4 of an untrained model.")
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
-    inputs = _load_inputs(cfg, num_images)
+    inputs = load_inputs(cfg, num_images)
     positives, negatives = gather_sample_logits(model, inputs, max_negatives // max(1, len(inputs)))
     if len(positives) == 0:
         raise ValueError(

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..config import get_cfg
-from .sweeps import REPO_ROOT, Sweep, SweepRow
+from .sweeps import Sweep, SweepRow
 
 logger = logging.getLogger(__name__)
 
-TRAIN_NET = REPO_ROOT / "train_net.py"
 STATUS_FILE = "ablation_status.json"
 LOG_FILE = "train_net.log"
 RUNS_DIR = "runs"
@@ -49,12 +48,14 @@ class RunSpec:
         opts: ``KEY VALUE`` overrides as command-line strings, applied in order after the file.
         run_dir: the run's ``OUTPUT_DIR``.
         num_gpus: the ``--num-gpus`` (worker processes on a machine without CUDA).
+        seed: the ``SEED`` the overrides set when the sweep repeats rows over seeds, else None.
     """
 
     config_file: Path
     opts: Tuple[str, ...]
     run_dir: Path
     num_gpus: int = 1
+    seed: Optional[int] = None
 
     def command(self, resume: bool) -> List[str]:
         """
@@ -64,7 +65,7 @@ class RunSpec:
         Returns:
             the command line of the run.
         """
-        cmd = [sys.executable, str(TRAIN_NET), "--config-file", str(self.config_file)]
+        cmd = [sys.executable, "-m", "retinanet_fl.train_net", "--config-file", str(self.config_file)]
         cmd += ["--num-gpus", str(self.num_gpus)]
         if resume:
             cmd.append("--resume")
@@ -128,7 +129,11 @@ def config_digest(config_file: Path, opts: Sequence[str]) -> str:
 
 
 def plan_runs(
-    sweep: Sweep, output_dir: Path, extra_opts: Sequence[Any] = (), num_gpus: int = 1
+    sweep: Sweep,
+    output_dir: Path,
+    extra_opts: Sequence[Any] = (),
+    num_gpus: int = 1,
+    seeds: Optional[Sequence[int]] = None,
 ) -> List[Tuple[SweepRow, RunSpec]]:
     """
     The runs of a sweep.
@@ -138,10 +143,18 @@ def plan_runs(
         output_dir: the sweep's output folder; runs go to ``output_dir/runs/<digest>``.
         extra_opts: overrides appended to every run (``--opts``), e.g. a short schedule.
         num_gpus: forwarded to every run.
+        seeds: if given, every row runs once per seed (``SEED`` appended last), the whole table
+            with the first seed before the second.
 
     Returns:
-        (row, run) pairs in the table's order.
+        (row, run) pairs: in the table's order, seed after seed if seeds are given.
     """
+    if seeds:
+        return [
+            (row, dataclasses.replace(spec, seed=seed))
+            for seed in seeds
+            for row, spec in plan_runs(sweep, output_dir, [*extra_opts, "SEED", seed], num_gpus)
+        ]
     if not sweep.base_config.is_file():
         raise FileNotFoundError(
             f"Table {sweep.table}: base config '{sweep.base_config}' does not exist; "
@@ -151,16 +164,33 @@ def plan_runs(
     runs = []
     for row in sweep.rows:
         opts = format_opts([*sweep.run_opts(row), *extra_opts])
-        try:
-            digest = config_digest(sweep.base_config, opts)
-        except (KeyError, ValueError, AssertionError) as error:
-            raise ValueError(
-                f"Table {sweep.table}, row {row.name}: the overrides {list(opts)} do not apply to "
-                f"{sweep.base_config}: {error}"
-            ) from error
-        run_dir = Path(output_dir).resolve() / RUNS_DIR / digest
-        runs.append((row, RunSpec(sweep.base_config, opts, run_dir, num_gpus)))
+        where = f"Table {sweep.table}, row {row.name}"
+        runs.append((row, make_run_spec(sweep.base_config, opts, output_dir, num_gpus, where)))
     return runs
+
+
+def make_run_spec(
+    config_file: Path, opts: Sequence[str], output_dir: Path, num_gpus: int, where: str
+) -> RunSpec:
+    """
+    Args:
+        config_file: the run's base config.
+        opts: its overrides, as command-line strings.
+        output_dir: the sweep's output folder; the run goes to ``output_dir/runs/<digest>``.
+        num_gpus: forwarded to the run.
+        where: names the run in the error raised when the overrides do not apply.
+
+    Returns:
+        the run.
+    """
+    try:
+        digest = config_digest(config_file, opts)
+    except (KeyError, ValueError, AssertionError) as error:
+        raise ValueError(
+            f"{where}: the overrides {list(opts)} do not apply to {config_file}: {error}"
+        ) from error
+    run_dir = Path(output_dir).resolve() / RUNS_DIR / digest
+    return RunSpec(Path(config_file), tuple(opts), run_dir, num_gpus)
 
 
 def read_status(run_dir: Path) -> Optional[Dict[str, Any]]:
@@ -236,7 +266,7 @@ def launch_train_net(spec: RunSpec, resume: bool) -> int:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with open(spec.run_dir / LOG_FILE, "ab") as log:
         return subprocess.call(
-            spec.command(resume), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            spec.command(resume), stdout=log, stderr=subprocess.STDOUT
         )
 
 

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SWEEPS_DIR = REPO_ROOT / "configs" / "ablations"
+from ..model_zoo import CONFIGS_DIR
+
+SWEEPS_DIR = CONFIGS_DIR / "ablations"
 PRESETS_DIR = SWEEPS_DIR / "presets"
 
 # Table id (as given to --table) → its file under SWEEPS_DIR, in the paper's order.

@@ -11,6 +11,7 @@ from .generate import (
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
+    DISTRACTORS_PER_IMAGE,
     SPLITS,
     generate_synthetic_coco,
     synthetic_split_paths,
@@ -32,11 +33,41 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help="side of the square images"
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
+    parser.add_argument(
+        "--objects",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="objects per image, uniform in [MIN, MAX] (default: 8%% empty images, else "
+        "geometric with mean ~3.6, at most 16)",
+    )
+    parser.add_argument(
+        "--distractors",
+        type=float,
+        default=DISTRACTORS_PER_IMAGE,
+        help="mean number of distractors per image (clutter; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-object-size",
+        type=float,
+        default=None,
+        help="largest object diameter in pixels (default: half the image size)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     try:
-        generate_synthetic_coco(args.out, args.num_train, args.num_val, args.image_size, args.seed)
+        generate_synthetic_coco(
+            args.out,
+            args.num_train,
+            args.num_val,
+            args.image_size,
+            args.seed,
+            objects_per_image=None if args.objects is None else tuple(args.objects),
+            distractors_per_image=args.distractors,
+            max_object_size=args.max_object_size,
+        )
     except ValueError as e:
         parser.error(str(e))
     seconds = time.perf_counter() - start

@@ -3,7 +3,8 @@ Rendering of the synthetic shapes dataset and writing it in COCO's format.
 
 Each image has a cluttered, textured background (gradients, blotches, lines, noise) with
 distractors on it, and 0 to ``MAX_OBJECTS_PER_IMAGE`` objects of the classes in
-``SYNTHETIC_CLASSES``: circles, squares and triangles, in red or blue. Distractors are those shapes
+``SYNTHETIC_CLASSES`` (or a fixed range of objects per image, ``objects_per_image``): circles,
+squares and triangles, in red or blue. Distractors are those shapes
 in other colours (yellow, green, white, black) and other shapes (rings, crosses, stars) in any
 colour, so both the colour and the shape decide the class.
 
@@ -228,18 +229,34 @@ def _place(
 
 
 def _render_image(
-    rng: np.random.Generator, image_size: int
+    rng: np.random.Generator,
+    image_size: int,
+    objects_per_image: Optional[Tuple[int, int]] = None,
+    distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """
+    Args:
+        rng: the image's random stream.
+        image_size: side of the square image.
+        objects_per_image: (min, max): the number of objects to place is uniform in it; None: the
+            default count (``EMPTY_IMAGE_FRACTION`` empty images, else geometric, at most
+            ``MAX_OBJECTS_PER_IMAGE``). Objects that find no free place are left out.
+        distractors_per_image: Poisson mean of the number of distractors.
+        max_object_size: largest object (and distractor) diameter; None: half the image.
+
     Returns:
         the (H, W, 3) uint8 RGB image and, for each object, (category_id, (H, W) bool visible mask).
     """
-    max_size = image_size / 2.0
+    max_size = image_size / 2.0 if max_object_size is None else float(max_object_size)
     min_size = min(MIN_OBJECT_SIZE, max_size)
-    num_objects = 0
-    if rng.random() >= EMPTY_IMAGE_FRACTION:
-        num_objects = min(int(rng.geometric(OBJECT_COUNT_P)), MAX_OBJECTS_PER_IMAGE)
-    num_distractors = int(rng.poisson(DISTRACTORS_PER_IMAGE))
+    if objects_per_image is None:
+        num_objects = 0
+        if rng.random() >= EMPTY_IMAGE_FRACTION:
+            num_objects = min(int(rng.geometric(OBJECT_COUNT_P)), MAX_OBJECTS_PER_IMAGE)
+    else:
+        num_objects = int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))
+    num_distractors = int(rng.poisson(distractors_per_image))
     # Objects and distractors are placed bottom to top in a random order.
     is_object = rng.permutation(
         np.array([True] * num_objects + [False] * num_distractors, dtype=bool)
@@ -287,7 +304,15 @@ def _render_image(
 
 
 def _write_split(
-    out_dir: str, split: str, split_index: int, num_images: int, image_size: int, seed: int
+    out_dir: str,
+    split: str,
+    split_index: int,
+    num_images: int,
+    image_size: int,
+    seed: int,
+    objects_per_image: Optional[Tuple[int, int]],
+    distractors_per_image: float,
+    max_object_size: Optional[float],
 ) -> int:
     """Render one split into ``out_dir``; returns the number of annotations."""
     json_file, image_root = synthetic_split_paths(out_dir, split)
@@ -295,7 +320,9 @@ def _write_split(
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_index, index]))
-        image, objects = _render_image(rng, image_size)
+        image, objects = _render_image(
+            rng, image_size, objects_per_image, distractors_per_image, max_object_size
+        )
         file_name = f"{index + 1:06d}.jpg"
         path = os.path.join(image_root, file_name)
         if not cv2.imwrite(
@@ -331,6 +358,9 @@ def _write_split(
             "split": split,
             "seed": seed,
             "image_size": image_size,
+            "objects_per_image": None if objects_per_image is None else list(objects_per_image),
+            "distractors_per_image": distractors_per_image,
+            "max_object_size": max_object_size,
         },
         "licenses": [],
         "images": images,
@@ -346,19 +376,74 @@ def _write_split(
     return len(annotations)
 
 
-def _render_to_temp(out_dir: str, num_train: int, num_val: int, image_size: int, seed: int) -> str:
+def _check_layout(
+    objects_per_image: Optional[Tuple[int, int]],
+    distractors_per_image: float,
+    max_object_size: Optional[float],
+    image_size: int,
+) -> Optional[Tuple[int, int]]:
+    """Check the object counts and sizes; returns ``objects_per_image`` as a tuple."""
+    if max_object_size is not None and not (
+        isinstance(max_object_size, (int, float))
+        and MIN_OBJECT_SIZE <= max_object_size <= image_size
+    ):
+        raise ValueError(
+            f"Synthetic dataset: max_object_size must be in [{MIN_OBJECT_SIZE:g}, image_size = "
+            f"{image_size}], got {max_object_size!r}."
+        )
+    if objects_per_image is not None:
+        if not isinstance(objects_per_image, (list, tuple)) or len(objects_per_image) != 2:
+            raise ValueError(
+                "Synthetic dataset: objects_per_image must be (min, max), "
+                f"got {objects_per_image!r}."
+            )
+        low, high = objects_per_image
+        _check_int_at_least("objects_per_image min", low, 0)
+        _check_int_at_least("objects_per_image max", high, max(low, 1))
+        objects_per_image = (int(low), int(high))
+    if not isinstance(distractors_per_image, (int, float)) or not 0 <= distractors_per_image < 1e3:
+        raise ValueError(
+            "Synthetic dataset: distractors_per_image must be a number in [0, 1000), "
+            f"got {distractors_per_image!r}."
+        )
+    return objects_per_image
+
+
+def _render_to_temp(
+    out_dir: str,
+    num_train: int,
+    num_val: int,
+    image_size: int,
+    seed: int,
+    objects_per_image: Optional[Tuple[int, int]],
+    distractors_per_image: float,
+    max_object_size: Optional[float],
+) -> str:
     """Render the dataset into a new hidden folder beside ``out_dir`` (same file system: rename)."""
     _check_int_at_least("num_train", num_train, 1)
     _check_int_at_least("num_val", num_val, 1)
     _check_int_at_least("image_size", image_size, MIN_IMAGE_SIZE)
     _check_int_at_least("seed", seed, 0)
+    objects_per_image = _check_layout(
+        objects_per_image, distractors_per_image, max_object_size, image_size
+    )
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
         for split_index, (split, num_images) in enumerate(zip(SPLITS, (num_train, num_val))):
-            _write_split(tmp_dir, split, split_index, num_images, image_size, seed)
+            _write_split(
+                tmp_dir,
+                split,
+                split_index,
+                num_images,
+                image_size,
+                seed,
+                objects_per_image,
+                float(distractors_per_image),
+                None if max_object_size is None else float(max_object_size),
+            )
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -386,6 +471,9 @@ def generate_synthetic_coco(
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
+    objects_per_image: Optional[Tuple[int, int]] = None,
+    distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> str:
     """
     Write the synthetic dataset to ``out_dir`` in COCO's format, replacing an earlier one there:
@@ -397,14 +485,29 @@ def generate_synthetic_coco(
         out_dir: the dataset's folder.
         num_train, num_val: images per split (>= 1).
         image_size: side of the square images in pixels (>= 32); object boxes span 10 px to half
-            of it.
+            of it (or to ``max_object_size``).
         seed: random seed (>= 0).
+        objects_per_image: (min, max) objects per image, the count uniform in it; None: the
+            default distribution (8 % empty images, else geometric with mean ~3.6, at most 16).
+            Crowded images place fewer objects than asked where no free place is found.
+        distractors_per_image: mean of the Poisson number of distractors per image (clutter).
+        max_object_size: the largest object diameter in pixels; None: half the image. Fixed, it
+            keeps the objects' sizes when the canvas grows (more negatives per positive).
 
     Returns:
         ``out_dir``.
     """
     _check_replaceable(out_dir)
-    tmp_dir = _render_to_temp(out_dir, num_train, num_val, image_size, seed)
+    tmp_dir = _render_to_temp(
+        out_dir,
+        num_train,
+        num_val,
+        image_size,
+        seed,
+        objects_per_image,
+        distractors_per_image,
+        max_object_size,
+    )
     old_dir = None
     try:
         if os.path.isdir(out_dir):
@@ -429,6 +532,9 @@ def ensure_synthetic_coco(
     num_val: int = DEFAULT_NUM_VAL,
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
+    objects_per_image: Optional[Tuple[int, int]] = None,
+    distractors_per_image: float = DISTRACTORS_PER_IMAGE,
+    max_object_size: Optional[float] = None,
 ) -> str:
     """
     Generate the synthetic dataset at ``out_dir`` unless it is already complete there. Safe when
@@ -437,8 +543,8 @@ def ensure_synthetic_coco(
 
     Args:
         out_dir: the dataset's folder.
-        num_train, num_val, image_size, seed: as in :func:`generate_synthetic_coco`, used only
-            when generating.
+        num_train, num_val, image_size, seed, objects_per_image, distractors_per_image,
+            max_object_size: as in :func:`generate_synthetic_coco`, used only when generating.
 
     Returns:
         ``out_dir``.
@@ -446,7 +552,16 @@ def ensure_synthetic_coco(
     if is_synthetic_coco_complete(out_dir):
         return out_dir
     logger.info(f"Generating the synthetic dataset at {out_dir} (first use) ...")
-    tmp_dir = _render_to_temp(out_dir, num_train, num_val, image_size, seed)
+    tmp_dir = _render_to_temp(
+        out_dir,
+        num_train,
+        num_val,
+        image_size,
+        seed,
+        objects_per_image,
+        distractors_per_image,
+        max_object_size,
+    )
     try:
         # rename() replaces a missing or empty folder atomically and fails on a non-empty one.
         os.rename(tmp_dir, out_dir)
