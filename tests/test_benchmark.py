@@ -5,6 +5,7 @@ No timing is asserted: the numbers depend on the machine.
 """
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,33 @@ def test_losses_benchmark_report(tmp_path):
     assert len(results.compile_s_per_new_setting) == 2
     report = (tmp_path / "losses.md").read_text()
     assert all(f"| {method} |" in report for method in LOSS_METHODS)
+
+
+def test_table1e_report_and_render(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "retinanet_fl.benchmark", "table1e", "--output-dir", str(tmp_path),
+         "--depths", "18", "--sizes", "64", "96", "--reference-size", "64", "--repeats", "5",
+         "--threads", "1"],
+        check=True,
+    )  # fmt: skip
+    results = json.loads((tmp_path / "table1e.json").read_text())
+    entries = results["entries"]
+    assert [(e["depth"], e["short_side"], e["height"], e["width"]) for e in entries] == [
+        (18, 64, 64, 85),
+        (18, 96, 96, 128),
+    ]
+    for entry in entries:
+        median_ms = statistics.median(entry["times_s"]) * 1e3
+        assert entry["median_ms"] == pytest.approx(median_ms)
+        assert entry["paper_ms"] is None  # the paper has no R-18 row
+    assert entries[0]["ratio_to_reference"] == 1.0
+    assert entries[1]["ratio_to_reference"] == pytest.approx(
+        entries[1]["median_ms"] / entries[0]["median_ms"]
+    )
+    assert (tmp_path / "table1e.png").is_file()
+    report = (tmp_path / "table1e.md").read_text()
+    rendered = subprocess.run(
+        [sys.executable, "-m", "retinanet_fl.benchmark", "render", str(tmp_path / "table1e.json")],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    assert rendered == report and "## R-18-FPN" in report

@@ -20,6 +20,7 @@ from .inference import benchmark_inference
 from .loss_kernels import LOSS_METHODS, benchmark_losses
 from .report import inference_markdown, losses_markdown, render, train_markdown
 from .results import load_results
+from .table1e import PLOT_NAME, benchmark_table1e, plot_table1e, table1e_markdown
 from .train import benchmark_train
 
 __all__ = ["BENCHMARKS", "COMMON_OPTIONS", "build_parser", "main"]
@@ -199,6 +200,34 @@ def run_inference(args: argparse.Namespace) -> None:
     )
 
 
+def add_table1e_arguments(parser: argparse.ArgumentParser) -> None:
+    """The table1e benchmark's options."""
+    parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], help="ResNet depths")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[400, 500, 600, 700, 800], help="short sides, px"
+    )
+    parser.add_argument("--reference-size", type=int, default=600, help="ratios are to this size")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed calls (>= 5)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+
+
+def run_table1e(args: argparse.Namespace) -> None:
+    """Run the table1e benchmark and write its reports and plot."""
+    if args.repeats < 5:
+        raise SystemExit(f"--repeats must be at least 5, got {args.repeats}.")
+    torch.set_num_threads(args.threads)
+    results = benchmark_table1e(
+        depths=args.depths,
+        sizes=args.sizes,
+        reference_size=args.reference_size,
+        repeats=args.repeats,
+        device=args.device,
+        seed=args.seed,
+    )
+    write_results("table1e", results, table1e_markdown(results), args.output_dir)
+    plot_table1e(results, args.output_dir / PLOT_NAME)
+
+
 def run_render(args: argparse.Namespace) -> None:
     """Print the report of each results file, as its benchmark wrote it."""
     for path in args.results:
@@ -210,6 +239,7 @@ BENCHMARKS: Dict[str, Tuple[Callable, Callable]] = {
     "losses": (add_losses_arguments, run_losses),
     "train": (add_train_arguments, run_train),
     "inference": (add_inference_arguments, run_inference),
+    "table1e": (add_table1e_arguments, run_table1e),
 }
 
 

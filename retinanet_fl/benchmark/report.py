@@ -15,9 +15,11 @@ from .results import (
     LossResults,
     Machine,
     Profile,
+    Table1eResults,
     TrainEntry,
     TrainResults,
 )
+from .table1e import table1e_markdown
 from .targets import TIME_TARGET_MODELS, TRAIN_TIME_MAX_RATIO
 
 __all__ = ["train_markdown", "inference_markdown", "losses_markdown", "render"]
@@ -40,6 +42,8 @@ def render(results: BenchmarkResults, profile_rows: int = 15) -> str:
         return train_markdown(results, profile_rows)
     if isinstance(results, InferenceResults):
         return inference_markdown(results, profile_rows)
+    if isinstance(results, Table1eResults):
+        return table1e_markdown(results)
     return losses_markdown(results)
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "LossSettings",
     "LossEntry",
     "LossResults",
+    "Table1eEntry",
+    "Table1eResults",
     "BenchmarkResults",
     "optional",
     "to_json",
@@ -343,8 +345,40 @@ class LossResults:
     compile_s_per_new_setting: Optional[Dict[str, float]] = optional()
 
 
-BenchmarkResults = Union[TrainResults, InferenceResults, LossResults]
-_RESULT_TYPES = {"train": TrainResults, "inference": InferenceResults, "losses": LossResults}
+@dataclass
+class Table1eEntry:
+    """One backbone at one image size."""
+
+    depth: int
+    short_side: int
+    height: int
+    width: int
+    times_s: List[float]
+    median_ms: float
+    ratio_to_reference: float
+    paper_ms: Optional[float] = None
+    paper_ap: Optional[float] = None
+    paper_ratio_to_reference: Optional[float] = None
+
+
+@dataclass
+class Table1eResults:
+    """Everything the table1e benchmark measured: ``table1e.json``."""
+
+    benchmark: str
+    machine: Machine
+    reference_size: int
+    repeats: int
+    entries: List[Table1eEntry]
+
+
+BenchmarkResults = Union[TrainResults, InferenceResults, LossResults, Table1eResults]
+_RESULT_TYPES = {
+    "train": TrainResults,
+    "inference": InferenceResults,
+    "losses": LossResults,
+    "table1e": Table1eResults,
+}
 
 
 def load_results(path: Path) -> BenchmarkResults:
