@@ -11,7 +11,7 @@ else
 PY := $(VENV)/bin/python
 endif
 
-.PHONY: install ensure-installed demo test lint bench clean
+.PHONY: install ensure-installed demo test lint bench gpu-check clean
 
 # What `make lint` checks (ruff.toml: line length 100, rules E, F, W, I). The ablation, synthetic
 # data, demo and visualize modules (and their tests) join this list once they are formatted.
@@ -21,7 +21,7 @@ LINT_PATHS := \
 	retinanet_fl/predict.py retinanet_fl/__init__.py \
 	retinanet_fl/data/mapper.py retinanet_fl/data/sanitize.py retinanet_fl/data/__init__.py \
 	tests/layers tests/modeling tests/engine tests/conftest.py tests/test_config.py \
-	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_train_net.py \
+	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_cuda.py tests/test_train_net.py \
 	tests/test_reproducibility.py tests/test_data_robustness.py tests/__init__.py \
 	train_net.py setup.py
 
@@ -52,6 +52,10 @@ lint:
 
 bench: ensure-installed
 	$(PY) -m retinanet_fl.benchmark all
+
+# On a machine with a GPU: the CUDA tests and the CUDA benchmarks (benchmarks/results/gpu/).
+gpu-check: ensure-installed
+	bash scripts/gpu_check.sh $(PY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info output

@@ -14,6 +14,7 @@ from PIL import Image
 
 import retinanet_fl  # noqa: F401  registers the model and the datasets
 from retinanet_fl.config import load_config
+from retinanet_fl.data.synthetic import generate_synthetic_coco
 from retinanet_fl.engine import checks
 from retinanet_fl.model_zoo import get_config_file
 
@@ -146,3 +147,11 @@ def tiny_images(tmp_path_factory):
             }
         )
     return root, records
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory):
+    """A DETECTRON2_DATASETS folder with a tiny synthetic dataset (16 + 4 images of 64 px)."""
+    root = tmp_path_factory.mktemp("datasets")
+    generate_synthetic_coco(str(root / "synthetic"), num_train=16, num_val=4, image_size=64, seed=3)
+    return str(root)

@@ -12,8 +12,6 @@ import sys
 import pytest
 import torch
 
-from retinanet_fl.data.synthetic import generate_synthetic_coco
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
 CONFIG = os.path.join(REPO_ROOT, "configs", "synthetic", "retinanet_R18_FPN_synthetic.yaml")
@@ -51,13 +49,6 @@ TINY_OPTS = [
     "SEED",
     "1",
 ]
-
-
-@pytest.fixture(scope="module")
-def datasets_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    generate_synthetic_coco(str(root / "synthetic"), num_train=16, num_val=4, image_size=64, seed=3)
-    return str(root)
 
 
 def run_train_net(datasets_root, output_dir, *args, opts=()):
