@@ -20,7 +20,7 @@ LINT_PATHS := \
 	retinanet_fl/config.py retinanet_fl/model_zoo.py retinanet_fl/train_net.py \
 	retinanet_fl/predict.py retinanet_fl/__init__.py \
 	retinanet_fl/data/mapper.py retinanet_fl/data/sanitize.py retinanet_fl/data/__init__.py \
-	tests/layers tests/modeling tests/engine tests/conftest.py tests/test_config.py \
+	tests/layers tests/modeling tests/engine tests/export tests/conftest.py tests/test_config.py \
 	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_train_net.py \
 	tests/test_reproducibility.py tests/test_data_robustness.py tests/__init__.py \
 	train_net.py setup.py
