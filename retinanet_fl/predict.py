@@ -36,6 +36,7 @@ from retinanet_fl.config import load_config
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.export.runtime import ExportedDetector
+from retinanet_fl.modeling.tta import DenseDetectorWithTTA
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -80,10 +81,12 @@ def build_predictor(cfg: CfgNode) -> DefaultPredictor:
 
 
 class CheckpointRunner:
-    """The eager model of a config and its MODEL.WEIGHTS, on batches of BGR images."""
+    """The eager model of a config and its MODEL.WEIGHTS, on batches of BGR images; with
+    ``TEST.AUG.ENABLED``, test-time augmentation of each original image."""
 
     def __init__(self, cfg: CfgNode):
         self.predictor = build_predictor(cfg)
+        self.tta = DenseDetectorWithTTA(cfg, self.predictor.model) if cfg.TEST.AUG.ENABLED else None
         self.metadata = (
             MetadataCatalog.get(cfg.DATASETS.TEST[0])
             if cfg.DATASETS.TEST
@@ -98,7 +101,12 @@ class CheckpointRunner:
         if predictor.input_format == "RGB":
             images_bgr = [image[:, :, ::-1] for image in images_bgr]
         with torch.no_grad():
-            outputs = predictor.model([_model_inputs(predictor, image) for image in images_bgr])
+            if self.tta is not None:
+                # The augmentation resizes the original image itself.
+                outputs = self.tta([_original_inputs(image) for image in images_bgr])
+            else:
+                inputs = [_model_inputs(predictor, image) for image in images_bgr]
+                outputs = predictor.model(inputs)
         return [output["instances"].to("cpu") for output in outputs]
 
 
@@ -146,6 +154,11 @@ def _model_inputs(predictor: DefaultPredictor, image: np.ndarray) -> Dict:
     resized = predictor.aug.get_transform(image).apply_image(image)
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     return {"image": tensor.to(predictor.cfg.MODEL.DEVICE), "height": height, "width": width}
+
+
+def _original_inputs(image: np.ndarray) -> Dict:
+    """One image as the model's input, at its own size, on the CPU (for the augmentations)."""
+    return {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))}
 
 
 def _detections(instances, class_names: Optional[List[str]]) -> List[Dict]:

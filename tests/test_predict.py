@@ -127,3 +127,23 @@ def test_exported_model_writes_the_same_predictions(
             np.testing.assert_allclose(a["bbox_xyxy"], b["bbox_xyxy"], atol=0.02)
             assert a["score"] == pytest.approx(b["score"], abs=2e-4)
     assert sorted(p.name for p in (tmp_path / "ex").glob("*.png")) == ["0.png", "1.png"]
+
+
+def test_test_time_augmentation(model_files, image_folder, tmp_path):
+    """TEST.AUG.ENABLED: detections of the merged copies, capped at TEST.DETECTIONS_PER_IMAGE."""
+    good = [str(image_folder / f"{i}.png") for i in range(2)]
+    options = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64)"]
+    options += ["TEST.AUG.MAX_SIZE", "100", "TEST.DETECTIONS_PER_IMAGE", "7"]
+    config_file, weights = model_files
+    argv = ["--config-file", config_file, "--input", *good, "--output", str(tmp_path / "tta")]
+    assert (
+        predict.main(argv + ["--confidence-threshold", "0.0", *options, "MODEL.WEIGHTS", weights])
+        == 0
+    )
+    results = read_json(tmp_path / "tta" / "predictions.json")
+    assert sorted(results) == sorted(good)
+    for detections in results.values():
+        assert 0 < len(detections) <= 7
+        for detection in detections:
+            x0, y0, x1, y1 = detection["bbox_xyxy"]
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64
