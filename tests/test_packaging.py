@@ -60,7 +60,12 @@ def test_wheel_ships_configs_and_tools(tmp_path):
     ).stdout.split("\n")
     assert int(output[0]) == len(list((REPO_ROOT / "configs").rglob("*.yaml")))
     assert output[1] == "FocalLossRetinaNet 18"
-    for tool in ("retinanet_fl.train_net", "retinanet_fl.demo", "retinanet_fl.predict"):
+    for tool in (
+        "retinanet_fl.train_net",
+        "retinanet_fl.demo",
+        "retinanet_fl.predict",
+        "retinanet_fl.export",
+    ):
         subprocess.run(
             [sys.executable, "-m", tool, "--help"],
             cwd=tmp_path,

@@ -102,3 +102,18 @@ def test_onnx_opset(exported):
 def test_rejects_other_files(tmp_path):
     with pytest.raises(ValueError, match="not an exported model"):
         ExportedDetector(str(tmp_path / "model.pth"))
+
+
+def test_sample_image_read_in_input_format_and_resized(small_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from retinanet_fl.export import sample_input
+
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[..., 0] = 255  # red in RGB
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    cfg = small_cfg("INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "100")
+    sample = sample_input(cfg, str(tmp_path / "red.png"))
+    assert sample.dtype == torch.uint8 and sample.shape == (3, 50, 100)
+    assert sample[2].min() == 255 and sample[0].max() == 0  # BGR: red is the last channel
