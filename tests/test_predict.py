@@ -102,19 +102,23 @@ def test_resume_skips_finished_images(model_files, image_folder, tmp_path, monke
     }
 
 
-@pytest.mark.parametrize("export_format", ["torchscript", "onnx"])
+@pytest.mark.parametrize("export_format, input_format", [("torchscript", "BGR"), ("onnx", "RGB")])
 def test_exported_model_writes_the_same_predictions(
-    model_files, image_folder, tmp_path, export_format
+    model_files, image_folder, tmp_path, export_format, input_format
 ):
     if export_format == "onnx":
         pytest.importorskip("onnxruntime")
     config_file, weights = model_files
+    if input_format == "RGB":
+        rgb_config = tmp_path / "rgb.yaml"
+        rgb_config.write_text(open(config_file).read().replace("FORMAT: BGR", "FORMAT: RGB", 1))
+        config_file = str(rgb_config)
     exported_dir = tmp_path / "exported"
     argv = ["--config-file", config_file, "--format", export_format, "--output", str(exported_dir)]
     assert export_main(argv + ["MODEL.WEIGHTS", weights]) == 0
     exported_file = next(exported_dir.iterdir())
     good = [str(image_folder / f"{i}.png") for i in range(2)]
-    run(model_files, good, tmp_path / "eager")
+    run((config_file, weights), good, tmp_path / "eager")
     argv = ["--exported", str(exported_file), "--input", *good, "--output", str(tmp_path / "ex")]
     assert predict.main(argv + ["--confidence-threshold", "0.0"]) == 0
     eager = read_json(tmp_path / "eager" / "predictions.json")
