@@ -111,7 +111,9 @@ def test_exported_model_writes_the_same_predictions(
     config_file, weights = model_files
     if input_format == "RGB":
         rgb_config = tmp_path / "rgb.yaml"
-        rgb_config.write_text(open(config_file).read().replace("FORMAT: BGR", "FORMAT: RGB", 1))
+        text = open(config_file).read()
+        assert "  FORMAT: BGR\n" in text
+        rgb_config.write_text(text.replace("  FORMAT: BGR\n", "  FORMAT: RGB\n", 1))
         config_file = str(rgb_config)
     exported_dir = tmp_path / "exported"
     argv = ["--config-file", config_file, "--format", export_format, "--output", str(exported_dir)]
