@@ -20,17 +20,18 @@ LINT_PATHS := \
 	retinanet_fl/config.py retinanet_fl/model_zoo.py retinanet_fl/train_net.py \
 	retinanet_fl/predict.py retinanet_fl/__init__.py \
 	retinanet_fl/data/mapper.py retinanet_fl/data/sanitize.py retinanet_fl/data/__init__.py \
-	tests/layers tests/modeling tests/engine tests/conftest.py tests/test_config.py \
-	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_cuda.py tests/test_train_net.py \
+	tests/layers tests/modeling tests/engine tests/export tests/conftest.py tests/test_config.py \
+	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_cuda.py \
+	tests/test_train_net.py \
 	tests/test_reproducibility.py tests/test_data_robustness.py tests/__init__.py \
-	train_net.py setup.py
+	retinanet_fl/export train_net.py setup.py
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x "$(PY)" ]; then $(PYTHON) -m venv $(VENV); fi
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	bash scripts/install_detectron2.sh $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,export]"
 	@echo "installed: $$($(PY) -c 'import torch, detectron2, retinanet_fl; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| retinanet_fl", retinanet_fl.__version__)')"
 
 # Cheap check so that demo/test only run the full install when something is missing.

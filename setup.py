@@ -19,5 +19,9 @@ setup(
         "matplotlib",
         "Pillow",
     ],
-    extras_require={"dev": ["pytest", "ruff==0.17.6"]},
+    extras_require={
+        "dev": ["pytest", "ruff==0.17.6"],
+        # python -m retinanet_fl.export --format onnx, and running .onnx files (predict, tests)
+        "export": ["onnx", "onnxruntime"],
+    },
 )

@@ -1,10 +1,12 @@
 r"""
-Run a checkpoint on images and save pictures of its detections and a JSON of its boxes.
+Run a checkpoint, or a model exported by ``python -m retinanet_fl.export``, on images and save
+pictures of its detections and a JSON of its boxes.
 
     python -m retinanet_fl.predict \
         --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
         --input img1.jpg img2.jpg (or a folder) --output out/ \
         MODEL.WEIGHTS output/synthetic/model_final.pth
+    python -m retinanet_fl.predict --exported exported/model.onnx --input ... --output out/
 """
 
 import argparse
@@ -14,14 +16,18 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
@@ -29,6 +35,8 @@ import retinanet_fl  # noqa: F401  registers our model and datasets
 from retinanet_fl.config import load_config
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
+from retinanet_fl.export.runtime import ExportedDetector
+from retinanet_fl.modeling.tta import DenseDetectorWithTTA
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -72,6 +80,64 @@ def build_predictor(cfg: CfgNode) -> DefaultPredictor:
     return predictor
 
 
+class CheckpointRunner:
+    """The eager model of a config and its MODEL.WEIGHTS, on batches of BGR images; with
+    ``TEST.AUG.ENABLED``, test-time augmentation of each original image."""
+
+    def __init__(self, cfg: CfgNode):
+        self.predictor = build_predictor(cfg)
+        self.tta = DenseDetectorWithTTA(cfg, self.predictor.model) if cfg.TEST.AUG.ENABLED else None
+        self.metadata = (
+            MetadataCatalog.get(cfg.DATASETS.TEST[0])
+            if cfg.DATASETS.TEST
+            else MetadataCatalog.get("__unused")
+        )
+
+    def __call__(self, images_bgr: List[np.ndarray]) -> List[Instances]:
+        """Returns: each image's detections, on the CPU, in its pixels."""
+        if not images_bgr:
+            return []
+        predictor = self.predictor
+        if predictor.input_format == "RGB":
+            images_bgr = [image[:, :, ::-1] for image in images_bgr]
+        with torch.no_grad():
+            if self.tta is not None:
+                # The augmentation resizes the original image itself.
+                outputs = self.tta([_original_inputs(image) for image in images_bgr])
+            else:
+                inputs = [_model_inputs(predictor, image) for image in images_bgr]
+                outputs = predictor.model(inputs)
+        return [output["instances"].to("cpu") for output in outputs]
+
+
+class ExportedRunner:
+    """A ``.ts`` or ``.onnx`` file of ``retinanet_fl.export``, one image at a time, with the
+    test-time resize and channel order stored in the file."""
+
+    def __init__(self, path: str):
+        self.detector = ExportedDetector(path)
+        settings = self.detector.metadata
+        self.resize = T.ResizeShortestEdge(settings["min_size_test"], settings["max_size_test"])
+        self.input_format = settings["input_format"]
+        self.metadata = Metadata(name=os.path.basename(path))
+        if settings["class_names"]:
+            self.metadata.thing_classes = settings["class_names"]
+
+    def __call__(self, images_bgr: List[np.ndarray]) -> List[Instances]:
+        """Returns: each image's detections, on the CPU, in its pixels."""
+        results = []
+        for image in images_bgr:
+            if self.input_format == "RGB":
+                image = image[:, :, ::-1]
+            resized = self.resize.get_transform(image).apply_image(image)
+            boxes, scores, classes = self.detector(resized.transpose(2, 0, 1))
+            instances = Instances(
+                resized.shape[:2], pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes
+            )
+            results.append(detector_postprocess(instances, *image.shape[:2]))
+        return results
+
+
 @dataclasses.dataclass
 class PredictionSummary:
     """What a prediction run did: paths of its outputs and the images it could not read."""
@@ -88,6 +154,11 @@ def _model_inputs(predictor: DefaultPredictor, image: np.ndarray) -> Dict:
     resized = predictor.aug.get_transform(image).apply_image(image)
     tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
     return {"image": tensor.to(predictor.cfg.MODEL.DEVICE), "height": height, "width": width}
+
+
+def _original_inputs(image: np.ndarray) -> Dict:
+    """One image as the model's input, at its own size, on the CPU (for the augmentations)."""
+    return {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))}
 
 
 def _detections(instances, class_names: Optional[List[str]]) -> List[Dict]:
@@ -121,7 +192,7 @@ def _finished_images(lines_path: str) -> List[Dict]:
 
 
 def predict_images(
-    cfg: CfgNode,
+    model: Union[CfgNode, str],
     image_paths: Sequence[str],
     output_dir: str,
     confidence_threshold: float,
@@ -135,7 +206,8 @@ def predict_images(
     An image that cannot be read is skipped with a warning naming it.
 
     Args:
-        cfg: the model's config, with MODEL.WEIGHTS.
+        model: the model's config, with MODEL.WEIGHTS, or the path of a file exported by
+            ``retinanet_fl.export`` (``.ts`` or ``.onnx``).
         image_paths: the images, in order.
         output_dir: where the pictures and predictions go.
         confidence_threshold: detections scoring below it are neither drawn nor saved.
@@ -147,12 +219,8 @@ def predict_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    predictor = build_predictor(cfg)
-    metadata = (
-        MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if cfg.DATASETS.TEST
-        else MetadataCatalog.get("__unused")
-    )
+    runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
+    metadata = runner.metadata
     class_names = metadata.get("thing_classes", None)
     os.makedirs(output_dir, exist_ok=True)
     lines_path = os.path.join(output_dir, "predictions.jsonl")
@@ -170,9 +238,8 @@ def predict_images(
                 except OSError as error:
                     logger.warning(f"Skipped: {error}")
                     unreadable.append(path)
-            outputs = _predict_batch(predictor, list(images.values()))
-            for (path, image_bgr), output in zip(images.items(), outputs):
-                instances = output["instances"].to("cpu")
+            outputs = runner(list(images.values()))
+            for (path, image_bgr), instances in zip(images.items(), outputs):
                 instances = instances[instances.scores >= confidence_threshold]
                 drawn = Visualizer(image_bgr[:, :, ::-1], metadata).draw_instance_predictions(
                     instances
@@ -190,16 +257,6 @@ def predict_images(
     with open(json_path, "w") as f:
         json.dump(records, f, indent=1)
     return PredictionSummary(json_path, len(records) - len(finished), len(finished), unreadable)
-
-
-def _predict_batch(predictor: DefaultPredictor, images_bgr: List[np.ndarray]) -> List[Dict]:
-    """The model's outputs for BGR images, in one forward pass (none for no image)."""
-    if not images_bgr:
-        return []
-    if predictor.input_format == "RGB":
-        images_bgr = [image[:, :, ::-1] for image in images_bgr]
-    with torch.no_grad():
-        return predictor.model([_model_inputs(predictor, image) for image in images_bgr])
 
 
 class _Progress:
@@ -224,8 +281,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--config-file", required=True, help="the config the checkpoint was trained with"
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--config-file", help="the config the checkpoint was trained with")
+    model.add_argument(
+        "--exported",
+        help="a model.ts or model.onnx from python -m retinanet_fl.export, instead of a config "
+        "and MODEL.WEIGHTS",
     )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument(
@@ -249,11 +310,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name=__name__, abbrev_name="predict")
-    cfg = load_config(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
+    if args.exported:
+        if args.opts:
+            raise SystemExit(
+                f"error: config overrides {args.opts} do not apply to an exported model; its "
+                "settings were fixed at export."
+            )
+        model = args.exported
+    else:
+        model = load_config(args.config_file, args.opts)
+        if not model.MODEL.WEIGHTS:
+            raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
     summary = predict_images(
-        cfg,
+        model,
         list_images(args.input),
         args.output,
         args.confidence_threshold,

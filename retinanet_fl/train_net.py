@@ -11,6 +11,8 @@ the repository's ``train_net.py`` and ``python -m retinanet_fl.train_net`` run i
 Without CUDA, ``--num-gpus N`` runs N worker processes on the CPU with gloo.
 """
 
+import logging
+
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -19,6 +21,9 @@ from detectron2.utils.logger import setup_logger
 import retinanet_fl  # noqa: F401  registers our model, anchors, head, losses and datasets
 from retinanet_fl.config import load_config
 from retinanet_fl.engine import AtomicCheckpointer, Trainer, launch
+from retinanet_fl.modeling.tta import DenseDetectorWithTTA
+
+logger = logging.getLogger(__name__)
 
 
 def setup(args):
@@ -37,6 +42,13 @@ def main(args):
         AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
+        if cfg.TEST.AUG.ENABLED:
+            # Evaluate the model on every augmented copy of each image, detections merged.
+            logger.info(
+                f"Test-time augmentation: min sizes {list(cfg.TEST.AUG.MIN_SIZES)}, max size "
+                f"{cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}"
+            )
+            model = DenseDetectorWithTTA(cfg, model)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
         return results

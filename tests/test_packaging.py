@@ -67,6 +67,7 @@ def test_wheel_ships_configs_and_tools(tmp_path):
         "retinanet_fl.demo",
         "retinanet_fl.predict",
         "retinanet_fl.ablation",
+        "retinanet_fl.export",
     ):
         subprocess.run(
             [sys.executable, "-m", tool, "--help"],

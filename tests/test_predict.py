@@ -1,4 +1,5 @@
-"""python -m retinanet_fl.predict over folders: unreadable files, batches, resuming."""
+"""python -m retinanet_fl.predict over folders: unreadable files, batches, resuming, exported
+models."""
 
 import json
 
@@ -9,6 +10,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from retinanet_fl import predict
+from retinanet_fl.export.__main__ import main as export_main
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +88,68 @@ def test_resume_skips_finished_images(model_files, image_folder, tmp_path, monke
     # An interrupted run: two images done, the third cut in the middle of its line.
     lines_path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])
     predicted = []
-    real_predict_batch = predict._predict_batch
+    real_call = predict.CheckpointRunner.__call__
 
-    def spy(predictor, images):
+    def spy(runner, images):
         predicted.append(len(images))
-        return real_predict_batch(predictor, images)
+        return real_call(runner, images)
 
-    monkeypatch.setattr(predict, "_predict_batch", spy)
+    monkeypatch.setattr(predict.CheckpointRunner, "__call__", spy)
     assert run(model_files, good, output, "--resume") == 0
     assert sum(predicted) == 2
     assert read_json(output / "predictions.json") == {
         json.loads(line)["file_name"]: json.loads(line)["detections"] for line in lines
     }
+
+
+@pytest.mark.parametrize("export_format, input_format", [("torchscript", "BGR"), ("onnx", "RGB")])
+def test_exported_model_writes_the_same_predictions(
+    model_files, image_folder, tmp_path, export_format, input_format
+):
+    if export_format == "onnx":
+        pytest.importorskip("onnxruntime")
+    config_file, weights = model_files
+    if input_format == "RGB":
+        rgb_config = tmp_path / "rgb.yaml"
+        text = open(config_file).read()
+        assert "  FORMAT: BGR\n" in text
+        rgb_config.write_text(text.replace("  FORMAT: BGR\n", "  FORMAT: RGB\n", 1))
+        config_file = str(rgb_config)
+    exported_dir = tmp_path / "exported"
+    argv = ["--config-file", config_file, "--format", export_format, "--output", str(exported_dir)]
+    assert export_main(argv + ["MODEL.WEIGHTS", weights]) == 0
+    exported_file = next(exported_dir.iterdir())
+    good = [str(image_folder / f"{i}.png") for i in range(2)]
+    run((config_file, weights), good, tmp_path / "eager")
+    argv = ["--exported", str(exported_file), "--input", *good, "--output", str(tmp_path / "ex")]
+    assert predict.main(argv + ["--confidence-threshold", "0.0"]) == 0
+    eager = read_json(tmp_path / "eager" / "predictions.json")
+    exported = read_json(tmp_path / "ex" / "predictions.json")
+    assert eager.keys() == exported.keys()
+    for name in eager:
+        assert len(eager[name]) == len(exported[name]) > 0
+        for a, b in zip(eager[name], exported[name]):
+            assert a["class_id"] == b["class_id"]
+            np.testing.assert_allclose(a["bbox_xyxy"], b["bbox_xyxy"], atol=0.02)
+            assert a["score"] == pytest.approx(b["score"], abs=2e-4)
+    assert sorted(p.name for p in (tmp_path / "ex").glob("*.png")) == ["0.png", "1.png"]
+
+
+def test_test_time_augmentation(model_files, image_folder, tmp_path):
+    """TEST.AUG.ENABLED: detections of the merged copies, capped at TEST.DETECTIONS_PER_IMAGE."""
+    good = [str(image_folder / f"{i}.png") for i in range(2)]
+    options = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64)"]
+    options += ["TEST.AUG.MAX_SIZE", "100", "TEST.DETECTIONS_PER_IMAGE", "7"]
+    config_file, weights = model_files
+    argv = ["--config-file", config_file, "--input", *good, "--output", str(tmp_path / "tta")]
+    assert (
+        predict.main(argv + ["--confidence-threshold", "0.0", *options, "MODEL.WEIGHTS", weights])
+        == 0
+    )
+    results = read_json(tmp_path / "tta" / "predictions.json")
+    assert sorted(results) == sorted(good)
+    for detections in results.values():
+        assert 0 < len(detections) <= 7
+        for detection in detections:
+            x0, y0, x1, y1 = detection["bbox_xyxy"]
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64

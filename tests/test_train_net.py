@@ -109,6 +109,23 @@ def test_eval_only_reproduces_in_training_evaluation(trained_run, datasets_root,
         assert len(json.load(f)) > 0
 
 
+def test_eval_only_with_test_time_augmentation(trained_run, datasets_root, tmp_path):
+    output_dir, _ = trained_run
+    weights = os.path.join(output_dir, "model_final.pth")
+    options = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(48, 64, 80)"]
+    options += ["TEST.AUG.MAX_SIZE", "100", "TEST.DETECTIONS_PER_IMAGE", "5"]
+    output = run_train_net(
+        datasets_root, tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", weights, *options]
+    )
+    assert "Test-time augmentation: min sizes [48, 64, 80]" in output
+    assert len(parse_box_ap(output)) == 6  # evaluated: AP, AP50, AP75, APs, APm, APl
+    with open(tmp_path / "inference" / "coco_instances_results.json") as f:
+        results = json.load(f)
+    # The merged copies give more than 5 detections per image: the cap binds.
+    per_image = [sum(r["image_id"] == i for r in results) for i in {r["image_id"] for r in results}]
+    assert len(per_image) == 4 and max(per_image) == 5
+
+
 def test_resume_continues_from_saved_iteration_with_same_lr(trained_run, datasets_root, tmp_path):
     output_dir, _ = trained_run
     shutil.copy(os.path.join(output_dir, "model_0000019.pth"), tmp_path)

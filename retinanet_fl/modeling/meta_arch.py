@@ -50,7 +50,14 @@ _EMA_NORMALIZER_START = 100.0
 class FocalLossRetinaNet(DenseDetector):
     """
     RetinaNet trained with a classification loss from ``CLS_LOSS_REGISTRY`` (focal loss by default).
+
+    Inference is scriptable (``detectron2.export.scripting_with_instances``) and traceable
+    (``TracingAdapter``); see ``retinanet_fl/export``.
     """
+
+    # The loss is used in training only, which TorchScript never compiles; skipping it keeps the
+    # losses free to use Python that TorchScript rejects.
+    __jit_ignored_attributes__ = ["cls_loss"]
 
     @configurable
     def __init__(
@@ -423,18 +430,23 @@ def _drop_non_finite_boxes(candidates: Instances) -> Instances:
     """
     Remove the detections whose decoded box is not finite: they are no boxes, they would defeat the
     NMS (a NaN overlaps nothing) and Detectron2's postprocessing asserts on them. Logged, since
-    non-finite predictions mean the weights or the input are broken.
+    non-finite predictions mean the weights or the input are broken. The mask is applied
+    unconditionally so that a traced or scripted model drops them too.
     """
     finite = torch.isfinite(candidates.pred_boxes.tensor).all(dim=1)
-    if finite.all():
-        return candidates
+    if not torch.jit.is_scripting():
+        if not torch.jit.is_tracing() and not finite.all():
+            _warn_non_finite(int((~finite).sum()), len(candidates))
+    return candidates[finite]
+
+
+def _warn_non_finite(num_dropped: int, num_candidates: int) -> None:
     log_every_n_seconds(
         logging.WARNING,
-        f"Dropped {int((~finite).sum())} of {len(candidates)} candidate detections whose decoded "
-        "boxes are NaN or infinite: the model's predictions or its input are not finite.",
+        f"Dropped {num_dropped} of {num_candidates} candidate detections whose decoded boxes are "
+        "NaN or infinite: the model's predictions or its input are not finite.",
         n=60,
     )
-    return candidates[finite]
 
 
 def _mean_over_workers(value: float, device: torch.device) -> float:

@@ -1,0 +1,93 @@
+"""
+Run an exported ``model.ts`` (PyTorch) or ``model.onnx`` (onnxruntime, CPU) on images, with the
+settings stored in the file.
+"""
+
+import json
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .api import INPUT_NAME, METADATA_KEY
+
+__all__ = ["ExportedDetector", "EXPORTED_EXTENSIONS"]
+
+EXPORTED_EXTENSIONS = (".ts", ".onnx")
+
+
+class ExportedDetector:
+    """
+    An exported detector: ``detector(image)`` with ``image`` ``(3, H, W)`` uint8 (a tensor or an
+    array) in ``metadata["input_format"]``, at the network's resolution, returns boxes ``(D, 4)``,
+    scores ``(D,)`` and classes ``(D,)`` as CPU tensors.
+    """
+
+    def __init__(self, path: str):
+        """
+        Args:
+            path: a ``.ts`` file from ``retinanet_fl.export --format torchscript`` or a ``.onnx``
+                file from ``--format onnx``.
+        """
+        extension = os.path.splitext(path)[1]
+        if extension not in EXPORTED_EXTENSIONS:
+            raise ValueError(
+                f"{path!r} is not an exported model: expected a file ending in "
+                f"{' or '.join(EXPORTED_EXTENSIONS)}, as written by python -m retinanet_fl.export."
+            )
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Exported model {path!r} does not exist.")
+        self.path = path
+        if extension == ".ts":
+            extra_files = {METADATA_KEY: ""}
+            self._module = torch.jit.load(path, map_location="cpu", _extra_files=extra_files)
+            self.metadata: Dict = _parse_metadata(extra_files[METADATA_KEY], path)
+            self._session = None
+        else:
+            self._session, self.metadata = _onnx_session(path)
+            self._module = None
+
+    def __call__(self, image) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        Args:
+            image: ``(3, H, W)`` uint8.
+
+        Returns:
+            boxes ``(D, 4)`` float32 XYXY in the image's pixels, scores ``(D,)``, classes ``(D,)``
+            int64.
+        """
+        image = torch.as_tensor(np.ascontiguousarray(image))
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"An exported model takes one (3, H, W) uint8 image, got {tuple(image.shape)} "
+                f"{image.dtype}."
+            )
+        if self._module is not None:
+            with torch.no_grad():
+                boxes, scores, classes = self._module(image)
+            return boxes, scores, classes
+        boxes, scores, classes = self._session.run(None, {INPUT_NAME: image.numpy()})
+        return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes)
+
+
+def _parse_metadata(text: str, path: str) -> Dict:
+    if not text:
+        raise ValueError(
+            f"{path!r} holds no {METADATA_KEY}: export it with python -m retinanet_fl.export."
+        )
+    return json.loads(text)
+
+
+def _onnx_session(path: str):
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "Running an ONNX model needs 'onnxruntime': pip install -e '.[export]' "
+            "(or make install)."
+        ) from error
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    return session, _parse_metadata(props.get(METADATA_KEY, ""), path)

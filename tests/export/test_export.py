@@ -1,0 +1,119 @@
+"""python -m retinanet_fl.export: TorchScript and ONNX files detecting what the eager model does."""
+
+import json
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from retinanet_fl.export import ONNX_OPSET, ExportableDetector, ExportedDetector, export_torchscript
+from retinanet_fl.export.__main__ import main as export_main
+
+from .conftest import random_image, unsaturate_head
+
+# (height, width): sizes that need padding to the backbone's 32 px, portrait and landscape.
+SIZES = [(64, 64), (80, 100), (128, 96)]
+GRAY = torch.full((3, 64, 80), 128, dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory, small_cfg):
+    """An R-18 model (random weights, rescaled head), its config file and checkpoint."""
+    root = tmp_path_factory.mktemp("export_model")
+    cfg = small_cfg()
+    torch.manual_seed(0)
+    model = unsaturate_head(build_model(cfg).eval(), random_image(96, 128))
+    torch.save({"model": model.state_dict()}, root / "model.pth")
+    (root / "config.yaml").write_text(cfg.dump())
+    return model, str(root / "config.yaml"), str(root / "model.pth")
+
+
+@pytest.fixture(scope="module", params=["torchscript", "onnx"])
+def exported(request, small_model, tmp_path_factory):
+    """The small model exported by the command line, loaded."""
+    if request.param == "onnx":
+        pytest.importorskip("onnxruntime")
+    _, config_file, weights = small_model
+    out = tmp_path_factory.mktemp(request.param)
+    argv = ["--config-file", config_file, "--format", request.param, "--output", str(out)]
+    assert export_main(argv + ["MODEL.WEIGHTS", weights]) == 0
+    name = "model.ts" if request.param == "torchscript" else "model.onnx"
+    return ExportedDetector(str(out / name))
+
+
+def _assert_same_detections(actual, expected):
+    boxes, scores, classes = actual
+    expected_boxes, expected_scores, expected_classes = expected
+    assert boxes.shape == expected_boxes.shape
+    assert torch.equal(classes, expected_classes)
+    torch.testing.assert_close(boxes, expected_boxes, rtol=0, atol=1e-2)
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_same_detections_as_eager_at_several_sizes(exported, small_model, size):
+    image = random_image(*size, seed=size[0] + size[1]).to(torch.uint8)
+    with torch.no_grad():
+        expected = ExportableDetector(small_model[0])(image)
+    assert len(expected[1]) > 0
+    _assert_same_detections(exported(image), expected)
+
+
+def test_no_detection_gives_empty_outputs(exported, small_model):
+    with torch.no_grad():
+        assert len(ExportableDetector(small_model[0])(GRAY)[1]) == 0
+    boxes, scores, classes = exported(GRAY)
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,)
+
+
+def test_metadata_stored_in_file(exported):
+    assert exported.metadata["input_format"] == "BGR"
+    assert exported.metadata["num_classes"] == 3
+    assert exported.metadata["min_size_test"] == 800
+
+
+def test_traced_without_detections_still_detects(small_model, tmp_path):
+    """Nothing in the graph is specialised to the sample image, not even its detection count."""
+    model = small_model[0]
+    path = export_torchscript(ExportableDetector(model), GRAY, str(tmp_path / "m.ts"), {"x": 1})
+    image = random_image(96, 128, seed=5).to(torch.uint8)
+    with torch.no_grad():
+        expected = ExportableDetector(model)(image)
+        actual = torch.jit.load(path)(image)
+    assert len(expected[1]) > 0
+    _assert_same_detections(actual, expected)
+
+
+def test_onnx_opset(exported):
+    if not exported.path.endswith(".onnx"):
+        pytest.skip("ONNX only")
+    import onnx
+
+    proto = onnx.load(exported.path)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [ONNX_OPSET]
+    assert (
+        json.loads({p.key: p.value for p in proto.metadata_props}["retinanet_fl.json"])[
+            "num_classes"
+        ]
+        == 3
+    )
+
+
+def test_rejects_other_files(tmp_path):
+    with pytest.raises(ValueError, match="not an exported model"):
+        ExportedDetector(str(tmp_path / "model.pth"))
+
+
+def test_sample_image_read_in_input_format_and_resized(small_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from retinanet_fl.export import sample_input
+
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[..., 0] = 255  # red in RGB
+    Image.fromarray(pixels).save(tmp_path / "red.png")
+    cfg = small_cfg("INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "100")
+    sample = sample_input(cfg, str(tmp_path / "red.png"))
+    assert sample.dtype == torch.uint8 and sample.shape == (3, 50, 100)
+    assert sample[2].min() == 255 and sample[0].max() == 0  # BGR: red is the last channel
