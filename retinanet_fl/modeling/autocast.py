@@ -7,7 +7,10 @@ RetinaNet that convolution is P6's (C5 of 1×1) or P7's (P6 of 1×1), which imag
 meet. :func:`keep_tiny_top_block_in_fp32` runs Detectron2's P6/P7 block in fp32 for such maps.
 """
 
+from typing import List
+
 import torch
+import torch.nn.functional as F
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from torch import Tensor, nn
 
@@ -17,14 +20,24 @@ __all__ = ["keep_tiny_top_block_in_fp32"]
 _TINY_C5 = 2
 
 
+def _tiny_under_autocast(c5: Tensor) -> bool:
+    return torch.is_autocast_enabled(c5.device.type) and min(c5.shape[-2:]) <= _TINY_C5
+
+
 class _TinyMapsInFp32P6P7(LastLevelP6P7):
     """Detectron2's ``LastLevelP6P7``, computed in fp32 when C5 is at most 2×2 under autocast."""
 
-    def forward(self, c5: Tensor):
-        if not torch.is_autocast_enabled(c5.device.type) or min(c5.shape[-2:]) > _TINY_C5:
-            return super().forward(c5)
-        with torch.autocast(c5.device.type, enabled=False):
-            return super().forward(c5.float())
+    def forward(self, c5: Tensor) -> List[Tensor]:
+        # TorchScript (model export) compiles neither autocast nor super(): it skips this branch.
+        if not torch.jit.is_scripting():
+            if _tiny_under_autocast(c5):
+                with torch.autocast(c5.device.type, enabled=False):
+                    return self._p6_p7(c5.float())
+        return self._p6_p7(c5)
+
+    def _p6_p7(self, c5: Tensor) -> List[Tensor]:
+        p6 = self.p6(c5)
+        return [p6, self.p7(F.relu(p6))]
 
 
 def keep_tiny_top_block_in_fp32(backbone: nn.Module) -> None:
