@@ -2,20 +2,24 @@
 
 Two towers of ``NUM_CONVS`` 3×3 convs with ReLU, one for classification and one for boxes, shared
 across pyramid levels and sharing no weights with each other; the classification tower ends in a
-3×3 conv with ``A × K`` outputs, the box tower in one with ``A × 4``. Module names are those of
+3×3 conv with ``A × K`` outputs (``A × (K + 1)``, the last logit of each anchor for background,
+for the softmax loss), the box tower in one with ``A × 4``. Module names are those of
 Detectron2's ``RetinaNetHead`` (``cls_subnet``, ``bbox_subnet``, ``cls_score``, ``bbox_pred``) so
 its checkpoints load unchanged.
 """
 
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from torch import Tensor, nn
 
-__all__ = ["RetinaNetFocalHead", "prior_bias"]
+from .cls_losses import cls_loss_has_background_logit
+
+__all__ = ["RetinaNetFocalHead", "check_cls_score_checkpoint", "prior_bias", "softmax_prior_bias"]
 
 # Detectron2's per-level batch norm: one set of statistics per pyramid level, shared convs.
 _PER_LEVEL_BN = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
@@ -44,6 +48,22 @@ def prior_bias(prior_prob: float) -> float:
     return -math.log((1.0 - prior_prob) / prior_prob)
 
 
+def softmax_prior_bias(prior_prob: float, num_classes: int) -> float:
+    """
+    The background bias of a (K + 1)-way softmax head whose foreground biases are 0, so that
+    every anchor starts as background with probability 1 − π (each class π / K), as in Detectron:
+    ``b = log(K (1 − π) / π)``.
+
+    Args:
+        prior_prob: π, in the open interval (0, 1).
+        num_classes: K ≥ 1.
+
+    Returns:
+        the background bias.
+    """
+    return math.log(num_classes) - prior_bias(prior_prob)
+
+
 class RetinaNetFocalHead(nn.Module):
     """
     Classification and box subnets of RetinaNet, applied to every pyramid level.
@@ -60,6 +80,7 @@ class RetinaNetFocalHead(nn.Module):
         norm: str = "",
         prior_prob: float = 0.01,
         use_prior_init: bool = True,
+        background_logit: bool = False,
     ):
         """
         Args:
@@ -72,23 +93,34 @@ class RetinaNetFocalHead(nn.Module):
             prior_prob: π of the classification bias initialisation.
             use_prior_init: False initialises the classification bias to 0 (the "no prior"
                 ablation); π is then unused.
+            background_logit: predict K + 1 logits per anchor, the last for background (the
+                softmax loss, ``MODEL.RETINANET_FL.CLS_LOSS "softmax_focal"``); the prior then
+                sets the background bias to ``log(K (1 − π) / π)`` and the class biases to 0.
         """
         super().__init__()
         _validate_head_params(input_shape, num_classes, num_anchors, num_convs, norm)
-        bias_value = prior_bias(prior_prob) if use_prior_init else 0.0
+        self.num_classes, self.num_anchors = num_classes, num_anchors
+        self.background_logit = background_logit
+        self.num_logits = num_classes + int(background_logit)
 
         channels = input_shape[0].channels
         self._num_levels = len(input_shape)
         self.cls_subnet = self._make_tower(channels, num_convs, norm)
         self.bbox_subnet = self._make_tower(channels, num_convs, norm)
-        self.cls_score = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
+        self.cls_score = nn.Conv2d(channels, num_anchors * self.num_logits, 3, padding=1)
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, mean=0.0, std=0.01)
                 nn.init.constant_(module.bias, 0.0)
-        nn.init.constant_(self.cls_score.bias, bias_value)
+        if use_prior_init:
+            with torch.no_grad():
+                bias = self.cls_score.bias.view(num_anchors, self.num_logits)
+                if background_logit:
+                    bias[:, num_classes] = softmax_prior_bias(prior_prob, num_classes)
+                else:
+                    bias.fill_(prior_bias(prior_prob))
 
     def _make_tower(self, channels: int, num_convs: int, norm: str) -> nn.Sequential:
         layers: List[nn.Module] = []
@@ -121,6 +153,7 @@ class RetinaNetFocalHead(nn.Module):
             "norm": cfg.MODEL.RETINANET.NORM,
             "prior_prob": cfg.MODEL.RETINANET.PRIOR_PROB,
             "use_prior_init": cfg.MODEL.RETINANET_FL.USE_PRIOR_INIT,
+            "background_logit": cls_loss_has_background_logit(cfg),
         }
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
@@ -129,7 +162,8 @@ class RetinaNetFocalHead(nn.Module):
             features: per-level feature maps, finest first, each ``(N, C, Hi, Wi)``.
 
         Returns:
-            list[Tensor]: per-level classification logits, each ``(N, A×K, Hi, Wi)``.
+            list[Tensor]: per-level classification logits, each ``(N, A×K, Hi, Wi)``
+                (``(N, A×(K+1), Hi, Wi)`` with a background logit).
             list[Tensor]: per-level box deltas ``(dx, dy, dw, dh)``, each ``(N, A×4, Hi, Wi)``.
         """
         if len(features) != self._num_levels:
@@ -139,6 +173,46 @@ class RetinaNetFocalHead(nn.Module):
         logits = [self.cls_score(self.cls_subnet(x)) for x in features]
         box_deltas = [self.bbox_pred(self.bbox_subnet(x)) for x in features]
         return logits, box_deltas
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        check_cls_score_checkpoint(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def check_cls_score_checkpoint(
+    head: RetinaNetFocalHead, state_dict: Dict[str, Tensor], prefix: str
+) -> None:
+    """
+    Raise a ValueError when a checkpoint's ``cls_score`` was trained for the same K with the other
+    kind of loss: K logits per anchor (sigmoid) for a head with K + 1 (softmax), or the reverse.
+    Their weights cannot be used; a different K (fine-tuning on another dataset) is left to
+    Detectron2's checkpointer, which skips the mismatched layer with a warning.
+
+    Args:
+        head: the head being loaded.
+        state_dict: the checkpoint's parameters.
+        prefix: the head's prefix in ``state_dict``, e.g. "head.".
+    """
+    weight = state_dict.get(prefix + "cls_score.weight")
+    if weight is None or weight.shape[0] == head.cls_score.out_channels:
+        return
+    if weight.shape[0] % head.num_anchors:
+        return
+    checkpoint_logits = weight.shape[0] // head.num_anchors
+    other = head.num_classes + (0 if head.background_logit else 1)
+    if checkpoint_logits != other:
+        return
+    kinds = {
+        True: "K + 1 logits per anchor (softmax loss, CLS_LOSS 'softmax_focal')",
+        False: "K logits per anchor (a sigmoid loss)",
+    }
+    raise ValueError(
+        f"The checkpoint's {prefix}cls_score has {checkpoint_logits} logits per anchor, but this "
+        f"head has K = MODEL.RETINANET.NUM_CLASSES = {head.num_classes} classes with "
+        f"{kinds[head.background_logit]}, i.e. {head.num_logits} logits per anchor: the "
+        f"checkpoint was trained with {kinds[not head.background_logit]}. Set "
+        "MODEL.RETINANET_FL.CLS_LOSS to the loss it was trained with, or load other weights."
+    )
 
 
 def _validate_head_params(input_shape, num_classes, num_anchors, num_convs, norm):
