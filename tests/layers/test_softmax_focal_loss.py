@@ -65,8 +65,9 @@ def alpha_argument(alpha):
     return torch.tensor(alpha, dtype=torch.float64) if isinstance(alpha, tuple) else alpha
 
 
-@pytest.mark.parametrize("gamma", (0.0, 0.5, 2.0))
-@pytest.mark.parametrize("alpha", ALPHAS[1:])
+@pytest.mark.parametrize(
+    "gamma, alpha", [(0.0, 0.25), (0.5, ALPHAS[3]), (2.0, 0.75), (5.0, ALPHAS[3])]
+)
 def test_matches_float64_reference_values_and_gradients(gamma, alpha, kernel):
     logits = random_logits(40)
     labels = random_labels(40, NUM_CLASSES)
@@ -132,7 +133,7 @@ def test_gradcheck_and_gradgradcheck(gamma, kernel):
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
-@pytest.mark.parametrize("gamma", (0.0, 0.1, 0.5, 2.0))
+@pytest.mark.parametrize("gamma", (0.0, 0.5, 2.0))
 def test_extreme_logits_finite_and_correct(dtype, gamma, kernel):
     # Row 0: confidently right (class 0 at +1e4). Row 1: confidently wrong (label 0, class 1 at
     # +1e4). Row 2: background confidently right. Row 3: a moderate row.
