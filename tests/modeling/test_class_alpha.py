@@ -193,3 +193,14 @@ def test_config_accepts_a_list_or_a_rule_from_the_command_line(check_warnings):
     (warning,) = check_warnings()
     assert warning.startswith("MODEL.RETINANET_FL.ALPHA_PER_CLASS set but not used: only ")
     assert "'softmax_focal' reads them, and it is 'ohem'" in warning
+
+
+def test_list_and_rule_survive_dump_and_merge(tmp_path):
+    for value in (PER_CLASS, "inverse_frequency", None):
+        cfg = get_cfg()
+        cfg.MODEL.RETINANET_FL.ALPHA_PER_CLASS = value
+        path = tmp_path / "config.yaml"
+        path.write_text(cfg.dump())
+        loaded = get_cfg()
+        loaded.merge_from_file(str(path))
+        assert loaded.MODEL.RETINANET_FL.ALPHA_PER_CLASS == value
