@@ -25,6 +25,8 @@ __all__ = ["RetinaNetFocalHead", "check_cls_score_checkpoint", "prior_bias", "so
 _PER_LEVEL_BN = {"BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}
 # Values of MODEL.RETINANET.NORM: "" (none), per-level batch norm, or one of Detectron2's get_norm.
 NORMS = ("", *_PER_LEVEL_BN, "FrozenBN", "GN", "LN")
+# The state-dict key (a buffer) that marks a softmax head's checkpoint: K + 1 logits per anchor.
+BACKGROUND_LOGIT_KEY = "cls_background_logit"
 # Detectron2's get_norm("GN") uses 32 groups.
 _GN_GROUPS = 32
 
@@ -108,6 +110,9 @@ class RetinaNetFocalHead(nn.Module):
         self.cls_subnet = self._make_tower(channels, num_convs, norm)
         self.bbox_subnet = self._make_tower(channels, num_convs, norm)
         self.cls_score = nn.Conv2d(channels, num_anchors * self.num_logits, 3, padding=1)
+        if background_logit:
+            # Marks softmax checkpoints, which check_cls_score_checkpoint tells from sigmoid ones.
+            self.register_buffer(BACKGROUND_LOGIT_KEY, torch.tensor(True))
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
 
         for module in self.modules():
@@ -183,10 +188,12 @@ def check_cls_score_checkpoint(
     head: RetinaNetFocalHead, state_dict: Dict[str, Tensor], prefix: str
 ) -> None:
     """
-    Raise a ValueError when a checkpoint's ``cls_score`` was trained for the same K with the other
-    kind of loss: K logits per anchor (sigmoid) for a head with K + 1 (softmax), or the reverse.
-    Their weights cannot be used; a different K (fine-tuning on another dataset) is left to
-    Detectron2's checkpointer, which skips the mismatched layer with a warning.
+    Raise a ValueError when a checkpoint's ``cls_score`` was trained for the same K classes with
+    the other kind of loss: K logits per anchor (a sigmoid loss) for a head with K + 1 (softmax),
+    or the reverse. Softmax checkpoints are told apart by their ``BACKGROUND_LOGIT_KEY`` buffer;
+    a checkpoint without it is a sigmoid one (Detectron2's and Detectron's included). Other class
+    counts (fine-tuning on another dataset) are left to Detectron2's checkpointer, which skips
+    the mismatched layer with a warning.
 
     Args:
         head: the head being loaded.
@@ -194,23 +201,21 @@ def check_cls_score_checkpoint(
         prefix: the head's prefix in ``state_dict``, e.g. "head.".
     """
     weight = state_dict.get(prefix + "cls_score.weight")
-    if weight is None or weight.shape[0] == head.cls_score.out_channels:
+    checkpoint_background = prefix + BACKGROUND_LOGIT_KEY in state_dict
+    if weight is None or checkpoint_background == head.background_logit:
         return
-    if weight.shape[0] % head.num_anchors:
-        return
-    checkpoint_logits = weight.shape[0] // head.num_anchors
-    other = head.num_classes + (0 if head.background_logit else 1)
-    if checkpoint_logits != other:
+    checkpoint_logits = weight.shape[0] / head.num_anchors
+    if checkpoint_logits - int(checkpoint_background) != head.num_classes:
         return
     kinds = {
-        True: "K + 1 logits per anchor (softmax loss, CLS_LOSS 'softmax_focal')",
+        True: "K + 1 logits per anchor (the softmax loss, CLS_LOSS 'softmax_focal')",
         False: "K logits per anchor (a sigmoid loss)",
     }
     raise ValueError(
-        f"The checkpoint's {prefix}cls_score has {checkpoint_logits} logits per anchor, but this "
-        f"head has K = MODEL.RETINANET.NUM_CLASSES = {head.num_classes} classes with "
+        f"The checkpoint's {prefix}cls_score has {int(checkpoint_logits)} logits per anchor, but "
+        f"this head has K = MODEL.RETINANET.NUM_CLASSES = {head.num_classes} classes with "
         f"{kinds[head.background_logit]}, i.e. {head.num_logits} logits per anchor: the "
-        f"checkpoint was trained with {kinds[not head.background_logit]}. Set "
+        f"checkpoint was trained with {kinds[checkpoint_background]}. Set "
         "MODEL.RETINANET_FL.CLS_LOSS to the loss it was trained with, or load other weights."
     )
 

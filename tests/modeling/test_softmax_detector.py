@@ -100,6 +100,15 @@ def test_sigmoid_checkpoint_into_softmax_model_fails_clearly(tmp_path):
     fresh = build_model(softmax_cfg())
     AtomicCheckpointer(fresh).load(str(tmp_path / "softmax.pth"))
     assert torch.equal(fresh.head.cls_score.weight, softmax_model.head.cls_score.weight)
+    # Fine-tuning from a sigmoid model of K + 1 = 4 classes: another class count, so the
+    # classification layer is skipped with Detectron2's warning, for either kind of head.
+    four_classes = build_model(
+        softmax_cfg("MODEL.RETINANET_FL.CLS_LOSS", "focal", "MODEL.RETINANET.NUM_CLASSES", 4)
+    )
+    AtomicCheckpointer(four_classes, save_dir=str(tmp_path)).save("four_classes")
+    for model in (build_model(softmax_cfg("MODEL.RETINANET_FL.CLS_LOSS", "focal")), fresh):
+        AtomicCheckpointer(model).load(str(tmp_path / "four_classes.pth"))
+        assert torch.equal(model.head.bbox_pred.weight, four_classes.head.bbox_pred.weight)
 
 
 @pytest.mark.parametrize(
