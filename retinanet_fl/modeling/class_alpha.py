@@ -78,6 +78,16 @@ def parse_alpha_per_class(value, num_classes: int) -> Union[None, str, Tensor]:
     return torch.tensor(values, dtype=torch.float64)
 
 
+def _check_rule(rule: str, mean_alpha: float) -> None:
+    if rule not in ALPHA_RULES:
+        raise ValueError(f"rule must be one of {ALPHA_RULES}, got {rule!r}.")
+    if not 0.0 <= mean_alpha <= 1.0:
+        raise ValueError(
+            f"{ALPHA_PER_CLASS_KEY} = {rule!r} scales the weights to a mean of "
+            f"MODEL.RETINANET.FOCAL_LOSS_ALPHA, which must then be in [0, 1]; got {mean_alpha}."
+        )
+
+
 def alpha_from_counts(counts: Sequence[int], rule: str, mean_alpha: float) -> Tensor:
     """
     Per-class α from the training set's annotation counts.
@@ -91,13 +101,7 @@ def alpha_from_counts(counts: Sequence[int], rule: str, mean_alpha: float) -> Te
     Returns:
         (K,) float64 tensor: α_c = K ᾱ w_c / Σ w, clipped to [0, 1].
     """
-    if rule not in ALPHA_RULES:
-        raise ValueError(f"rule must be one of {ALPHA_RULES}, got {rule!r}.")
-    if not 0.0 <= mean_alpha <= 1.0:
-        raise ValueError(
-            f"{ALPHA_PER_CLASS_KEY} = {rule!r} scales the weights to a mean of "
-            f"MODEL.RETINANET.FOCAL_LOSS_ALPHA, which must then be in [0, 1]; got {mean_alpha}."
-        )
+    _check_rule(rule, mean_alpha)
     n = torch.tensor([max(int(c), 1) for c in counts], dtype=torch.float64)
     if rule == "inverse_frequency":
         weights = 1.0 / n
@@ -150,7 +154,7 @@ class ClassAlphaLoss(nn.Module):
         self.num_classes = num_classes
         self.alpha_rule = setting if isinstance(setting, str) else None
         if self.alpha_rule is not None:
-            alpha_from_counts([1] * num_classes, self.alpha_rule, self.alpha)  # checks ᾱ
+            _check_rule(self.alpha_rule, self.alpha)
         # Not persistent: checkpoints keep Detectron2's keys; a rule is recomputed on resume.
         per_class = setting if isinstance(setting, Tensor) else None
         self.register_buffer("alpha_per_class", per_class, persistent=False)

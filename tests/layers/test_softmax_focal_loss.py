@@ -16,6 +16,7 @@ from retinanet_fl.layers.softmax_focal_loss import (
     softmax_row_weights,
 )
 from tests.layers.test_focal_loss import (
+    DEVICES,
     REDUCTIONS,
     assert_norm_close,
     random_labels,
@@ -190,7 +191,8 @@ def test_eager_kernel_in_chunks_equals_one_pass(monkeypatch):
         torch.testing.assert_close(chunked[1], one_pass[1], rtol=1e-12, atol=0)
 
 
-def test_results_do_not_depend_on_earlier_calls():
+@pytest.mark.parametrize("device", DEVICES)
+def test_results_do_not_depend_on_earlier_calls(device):
     # A γ/α sweep in one process, in shuffled order, on the default (compiled) kernel, each call
     # against the float64 reference: the compiled kernel once returned stale γ values.
     settings = [
@@ -204,8 +206,14 @@ def test_results_do_not_depend_on_earlier_calls():
         labels = random_labels(num_rows, NUM_CLASSES, seed=num_rows)
         logits = random_logits(num_rows, dtype=torch.float32, seed=num_rows)
         value, grad = value_and_grad(
-            softmax_focal_loss_from_labels, logits, labels, alpha_argument(alpha), gamma, reduction
+            softmax_focal_loss_from_labels,
+            logits.to(device),
+            labels.to(device),
+            alpha_argument(alpha),
+            gamma,
+            reduction,
         )
+        value, grad = value.cpu(), grad.cpu()
         expected = value_and_grad(reference_loss, logits.double(), labels, alpha, gamma, reduction)
         assert_norm_close(value, expected[0], rtol=1e-5)
         assert_norm_close(grad, expected[1], rtol=1e-5)
