@@ -1,7 +1,6 @@
 """
-The (K + 1)-way softmax focal loss: the variant the paper mentions (§3.2, "our experiments use the
-sigmoid; the softmax works too") and Detectron implemented, for logits with one column per class
-plus a last column for background.
+The (K + 1)-way softmax focal loss, the alternative to the paper's sigmoid form that Detectron
+also implemented, for logits with one column per class plus a last column for background.
 
 Per non-ignored row with label y (a class in [0, K), or K for background) and p = softmax(x):
 
