@@ -36,9 +36,16 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
     _C.MODEL.RETINANET_FL = CN()
 
-    # Classification loss: a name in CLS_LOSS_REGISTRY ("focal", "focal_star", "ce", "ohem").
+    # Classification loss: a name in CLS_LOSS_REGISTRY ("focal", "focal_star", "ce", "ohem",
+    # "softmax_focal": K + 1 logits per anchor, the last for background).
     # γ and α come from MODEL.RETINANET.FOCAL_LOSS_GAMMA / FOCAL_LOSS_ALPHA (α < 0: no α weighting).
     _C.MODEL.RETINANET_FL.CLS_LOSS = "focal"
+    # Per-class α (not with "ohem"): None or empty (the scalar FOCAL_LOSS_ALPHA), a list of
+    # NUM_CLASSES values in [0, 1], or "inverse_frequency" / "effective_number" (β = 0.999):
+    # computed from the training set's annotation counts when the Trainer starts, scaled to a
+    # mean of FOCAL_LOSS_ALPHA and clipped to [0, 1] (retinanet_fl/modeling/class_alpha.py).
+    # None as the default lets a config set either a list or a rule name.
+    _C.MODEL.RETINANET_FL.ALPHA_PER_CLASS = None
     # FL* (paper appendix A): p*_t = sigmoid(γ x_t + β), loss = -log(p*_t) / γ.
     _C.MODEL.RETINANET_FL.FOCAL_STAR_GAMMA = 2.0
     _C.MODEL.RETINANET_FL.FOCAL_STAR_BETA = 1.0

@@ -1,4 +1,7 @@
-"""A DetectionCheckpointer that writes its files atomically and whose load errors name the file."""
+"""
+A DetectionCheckpointer that writes its files atomically, whose load errors name the file, and
+that refuses a head trained with the other kind of classification loss.
+"""
 
 import os
 import tempfile
@@ -6,6 +9,8 @@ from typing import Any, Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from ..modeling.head import RetinaNetFocalHead, check_cls_score_checkpoint
 
 
 def _write_atomically(path: str, write: Any, mode: str) -> None:
@@ -34,6 +39,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     Detectron2's checkpointer, with crash-safe saving: each checkpoint is written to a temporary
     file and renamed into place, and ``last_checkpoint`` is updated only after that, so the latest
     checkpoint it names is always complete. Files that cannot be read raise an error naming them.
+    A checkpoint whose classification layer has K logits per anchor (a sigmoid loss) loaded into
+    a model with K + 1 (the softmax loss), or the reverse, raises an error naming the head's
+    class count (Detectron2's checkpointer would skip that layer with a warning).
     """
 
     def save(self, name: str, **kwargs: Any) -> None:
@@ -69,6 +77,13 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"Could not read weights file '{filename}': it is corrupt or not a checkpoint "
                 f"({type(error).__name__}: {error}). Check MODEL.WEIGHTS."
             ) from error
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        state_dict = checkpoint.get("model", {})
+        for name, module in self.model.named_modules():
+            if isinstance(module, RetinaNetFocalHead):
+                check_cls_score_checkpoint(module, state_dict, f"{name}." if name else "")
+        return super()._load_model(checkpoint)
 
     def _torch_load(self, filename: str) -> Dict[str, Any]:
         # Refuse arbitrary pickled objects in .pth files; Detectron2's checkpoints need none.

@@ -135,13 +135,23 @@ def _warn_unread_retinanet_fl_keys(cfg: CfgNode) -> None:
             "'FocalLossRetinaNet' for them to take effect",
         )
         return
-    for loss_name, loss_class in CLS_LOSS_REGISTRY:
-        if ours.CLS_LOSS != loss_name:
-            _warn_unread(
-                [key for key in loss_class.RETINANET_FL_KEYS if key in model_keys],
-                f"only MODEL.RETINANET_FL.CLS_LOSS {loss_name!r} reads them, and it is "
-                f"{ours.CLS_LOSS!r}",
-            )
+    chosen = dict(CLS_LOSS_REGISTRY).get(ours.CLS_LOSS)
+    read = set(chosen.RETINANET_FL_KEYS) if chosen is not None else set()
+    readers = {}  # changed key that the chosen loss does not read -> the losses that read it
+    for loss_name, loss_class in sorted(CLS_LOSS_REGISTRY):
+        for key in loss_class.RETINANET_FL_KEYS:
+            if key in model_keys and key not in read:
+                readers.setdefault(key, []).append(loss_name)
+    by_readers = {}  # one warning per group of losses
+    for key in model_keys:
+        if key in readers:
+            by_readers.setdefault(tuple(readers[key]), []).append(key)
+    for loss_names, keys in by_readers.items():
+        _warn_unread(
+            keys,
+            f"only MODEL.RETINANET_FL.CLS_LOSS {' or '.join(map(repr, loss_names))} reads them, "
+            f"and it is {ours.CLS_LOSS!r}",
+        )
 
 
 def _warn_unread(keys: Sequence[str], reason: str) -> None:

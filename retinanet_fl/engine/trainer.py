@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import weakref
-from typing import Iterator, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
+from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
     check_losses_finite,
@@ -103,7 +104,13 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        dataset = self.build_train_dataset(cfg)
+        # Per-class α computed from the training set (MODEL.RETINANET_FL.ALPHA_PER_CLASS), also
+        # when resuming: it is not part of the checkpoint.
+        set_alpha_per_class_from_dataset(
+            getattr(model, "cls_loss", None), dataset, _class_names(cfg.DATASETS.TRAIN)
+        )
+        data_loader = self.build_train_loader(cfg, dataset)
         model = create_ddp_model(model, broadcast_buffers=False)
         trainer_class = FiniteLossTrainer
         if cfg.SOLVER.AMP.ENABLED:
@@ -134,16 +141,29 @@ class Trainer(DefaultTrainer):
         return build_optimizer(cfg, model)
 
     @classmethod
-    def build_train_loader(cls, cfg: CfgNode):
+    def build_train_dataset(cls, cfg: CfgNode) -> List[Dict]:
+        """
+        Returns:
+            the dataset dicts of ``DATASETS.TRAIN``, checked and sanitised, as training reads
+            them.
+        """
         with explain_missing_dataset(cfg.DATASETS.TRAIN):
             loaded = [load_dataset_dicts(name) for name in cfg.DATASETS.TRAIN]
         # Loading sets the thing_classes of COCO-json datasets that did not have them before.
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
-        dataset = prepare_dataset_dicts(
-            loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
-        )
+        return prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode, dataset: Optional[List[Dict]] = None):
+        """
+        Args:
+            cfg: the config.
+            dataset: the result of :meth:`build_train_dataset`, or None to build it.
+        """
+        if dataset is None:
+            dataset = cls.build_train_dataset(cfg)
         mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
@@ -176,3 +196,11 @@ class Trainer(DefaultTrainer):
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+
+def _class_names(dataset_names: Sequence[str]) -> Optional[List[str]]:
+    """The ``thing_classes`` of the first dataset that has them, or None."""
+    for name in dataset_names:
+        if name in MetadataCatalog and MetadataCatalog.get(name).get("thing_classes"):
+            return list(MetadataCatalog.get(name).thing_classes)
+    return None

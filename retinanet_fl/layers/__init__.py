@@ -1,4 +1,5 @@
-"""Layers of the paper: the focal loss and its variants as functions (closed-form gradients)."""
+"""Layers of the paper: the focal loss and its variants (sigmoid and softmax) as functions with
+closed-form gradients."""
 
 from .focal_loss import (
     KERNELS,
@@ -7,6 +8,7 @@ from .focal_loss import (
     sigmoid_focal_loss_star,
     sigmoid_focal_loss_star_from_labels,
 )
+from .softmax_focal_loss import softmax_focal_loss_from_labels
 
 __all__ = [
     "KERNELS",
@@ -14,4 +16,5 @@ __all__ = [
     "sigmoid_focal_loss_from_labels",
     "sigmoid_focal_loss_star",
     "sigmoid_focal_loss_star_from_labels",
+    "softmax_focal_loss_from_labels",
 ]

@@ -5,6 +5,10 @@ The machinery that evaluates a loss given as a closed form: a function of the lo
 tensor, which backward would allocate anyway) until backward; integer labels (K = background,
 -1 = ignored) become t = [label == class] inside the kernel, never a one-hot tensor.
 
+A loss is elementwise (loss shaped like the logits: the sigmoid losses) or per row (one value per
+row of (R, C) logits: the softmax loss, whose α weighting depends on the row's label and which
+therefore applies it inside its formula).
+
 Two kernels run the same function: ``"compiled"`` (``torch.compile`` fuses it into one loop, C++
 on CPU and Triton on GPU; float parameters are compiled in as guarded constants, so each new
 setting costs one compile; where compiling fails, the eager kernel is used with one warning) and
@@ -14,12 +18,20 @@ evaluates the gradient with differentiable operations, so second derivatives wor
 
 import functools
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["KERNELS", "check_kernel", "closed_form_loss", "scripted_loss", "upcast"]
+__all__ = [
+    "KERNELS",
+    "Alpha",
+    "check_kernel",
+    "closed_form_loss",
+    "scripted_loss",
+    "smallest_normal",
+    "upcast",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +54,27 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"Invalid reduction {reduction!r}: must be one of {REDUCTIONS}.")
 
 
+# α of the elementwise losses: a float (negative: no α weighting), or a (K,) tensor of per-class
+# α_c, one per column of the (R, K) logits.
+Alpha = Union[float, Tensor]
+
+
 def _alpha_t(t: Tensor, alpha: float) -> Tensor:
-    """α for positives, 1 - α for negatives (interpolated for soft targets)."""
+    """
+    α for positives, 1 - α for negatives (interpolated for soft targets). Annotated as a float
+    for TorchScript (the scripted losses); the kernels also pass a (K,) tensor of α_c, one per
+    column.
+    """
     return alpha * t + (1 - alpha) * (1 - t)
+
+
+def _alpha_is_on(alpha: Alpha) -> bool:
+    return isinstance(alpha, Tensor) or alpha >= 0
+
+
+def smallest_normal(x: Tensor) -> float:
+    """``torch.finfo(x.dtype).tiny``, which TorchScript cannot compile; x is fp32 or fp64."""
+    return 2.2250738585072014e-308 if x.dtype == torch.float64 else 1.1754943508222875e-38
 
 
 def upcast(logits: Tensor) -> Tensor:
@@ -54,7 +84,7 @@ def upcast(logits: Tensor) -> Tensor:
 
 def _targets_and_mask(logits: Tensor, target: Tensor, from_labels: bool):
     """
-    The targets t (R, K) in the computation dtype and the (R, 1) mask of non-ignored rows (None
+    The targets t (R, K) in the computation dtype and the (R,) mask of non-ignored rows (None
     for float targets). For labels, t is a broadcast comparison that the compiler fuses into its
     loop, so it is never materialized there.
     """
@@ -62,7 +92,7 @@ def _targets_and_mask(logits: Tensor, target: Tensor, from_labels: bool):
     if not from_labels:
         return x, target.to(x.dtype), None
     classes = torch.arange(x.shape[1], device=x.device)
-    return x, (target[:, None] == classes).to(x.dtype), (target >= 0)[:, None]
+    return x, (target[:, None] == classes).to(x.dtype), target >= 0
 
 
 def _loss_and_grad(
@@ -70,8 +100,8 @@ def _loss_and_grad(
     target: Tensor,
     from_labels: bool,
     formula: Callable[..., Tuple[Tensor, Tensor]],
-    params: Tuple[float, ...],
-    alpha: float,
+    params: Tuple,
+    alpha: Alpha,
     reduce: bool,
     with_grad: bool,
 ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -80,9 +110,11 @@ def _loss_and_grad(
         logits: (R, ...) float logits.
         target: float targets shaped like ``logits``, or (R,) int64 labels (K = background,
             -1 = ignored) when ``from_labels``.
-        formula: ``formula(x, t, *params)`` → the elementwise loss without α and its derivative
-            w.r.t. x; params: its parameters, e.g. (γ,) or (γ, β).
-        alpha: α in [0, 1], or negative for none.
+        formula: ``formula(x, t, *params)`` → the loss and its derivative w.r.t. x (shaped like
+            x); the loss is elementwise (shaped like x) or per row ((R,)).
+        params: the formula's parameters, e.g. (γ,), (γ, β), or (α weights, γ) for a formula
+            that weights its rows itself.
+        alpha: the α weighting of an elementwise loss (see ``Alpha``); negative for none.
         reduce: return the sum instead of the elementwise loss.
         with_grad: also return d(summed loss)/d logits.
 
@@ -91,12 +123,13 @@ def _loss_and_grad(
     """
     x, t, valid = _targets_and_mask(logits, target, from_labels)
     loss, grad = formula(x, t, *params)
-    if alpha >= 0:
+    if _alpha_is_on(alpha):
         weight = _alpha_t(t, alpha)
         loss, grad = loss * weight, grad * weight
     if valid is not None:
         # A select, not a product: non-finite logits of ignored rows stay out of the result.
-        loss, grad = torch.where(valid, loss, 0.0), torch.where(valid, grad, 0.0)
+        loss = torch.where(valid.view(-1, *[1] * (loss.dim() - 1)), loss, 0.0)
+        grad = torch.where(valid[:, None], grad, 0.0)
     if reduce:
         # Accumulated in fp64 (MPS has none): the compiled loop sums ~10^6 terms sequentially
         # per thread, which in fp32 drifts by ~1e-5 relative.
@@ -148,8 +181,9 @@ def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
     device_type = args[0].device.type
     if kernel == "compiled" and device_type not in _COMPILE_FAILED_DEVICES:
         try:
+            logits, target, *settings = args
             return _compiled(_loss_and_grad)(
-                *[_rows_dynamic(a) if isinstance(a, Tensor) else a for a in args]
+                _rows_dynamic(logits), _rows_dynamic(target), *settings
             )
         except torch.OutOfMemoryError:
             raise
@@ -181,8 +215,6 @@ def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor,
     reduce, with_grad = settings[-2:]
     dtype = upcast(logits).dtype
     loss = torch.zeros((), dtype=dtype, device=logits.device) if reduce else None
-    if not reduce:
-        loss = torch.empty(logits.shape, dtype=dtype, device=logits.device)
     grad = torch.empty(logits.shape, dtype=dtype, device=logits.device) if with_grad else None
     for start in range(0, len(logits), chunk_rows):
         rows = slice(start, start + chunk_rows)
@@ -190,15 +222,27 @@ def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor,
         if reduce:
             loss += chunk_loss
         else:
+            if loss is None:  # elementwise (R, ...) or per row (R,): as the formula gives it
+                loss = chunk_loss.new_empty((len(logits), *chunk_loss.shape[1:]))
             loss[rows] = chunk_loss
         if with_grad:
             grad[rows] = chunk_grad
     return loss, grad
 
 
-def _mean_divisor(logits: Tensor, target: Tensor, from_labels: bool):
-    """The element count "mean" divides by: every element, or those of non-ignored rows."""
-    return (target >= 0).sum() * logits.shape[1] if from_labels else logits.numel()
+def _mean_divisor(logits: Tensor, target: Tensor, from_labels: bool, per_row: bool):
+    """
+    The count "mean" divides by: every element, or those of non-ignored rows; for a per-row
+    loss, the (non-ignored) rows.
+    """
+    if from_labels:
+        return (target >= 0).sum() * (1 if per_row else logits.shape[1])
+    return len(logits) if per_row else logits.numel()
+
+
+def _broadcast_to_grad(grad_out: Tensor, grad: Tensor) -> Tensor:
+    """The upstream gradient of a per-row loss, (R,), as (R, 1) against the (R, C) gradient."""
+    return grad_out.view(*grad_out.shape, *[1] * (grad.dim() - grad_out.dim()))
 
 
 class _ClosedFormLoss(torch.autograd.Function):
@@ -209,28 +253,33 @@ class _ClosedFormLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, from_labels, formula, params, alpha, reduction, kernel):
+    def forward(
+        ctx, logits, target, from_labels, formula, params, alpha, reduction, kernel, per_row
+    ):
         settings = (from_labels, formula, params, alpha, reduction != "none")
         loss, ctx.grad = _run_kernel(kernel, logits, target, *settings, ctx.needs_input_grad[0])
         ctx.save_for_backward(logits, target)
         ctx.settings, ctx.kernel, ctx.reduction = settings, kernel, reduction
+        ctx.mean_divisor = None
         if reduction == "mean":
-            loss = loss / _mean_divisor(logits, target, from_labels)
+            ctx.mean_divisor = _mean_divisor(logits, target, from_labels, per_row)
+            loss = loss / ctx.mean_divisor
         return loss if from_labels else loss.to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         logits, target = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None  # used once and released
-        if ctx.reduction == "mean":
-            grad_out = grad_out / _mean_divisor(logits, target, ctx.settings[0])
+        if ctx.mean_divisor is not None:
+            grad_out = grad_out / ctx.mean_divisor
         if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
-            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1] * grad_out
+            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1]
+            grad = grad * _broadcast_to_grad(grad_out, grad)
         else:
             if grad is None:
                 grad = _run_kernel(ctx.kernel, logits, target, *ctx.settings, True)[1]
-            grad = grad.mul_(grad_out)  # in place: no second (R, K) tensor
-        return grad.to(logits.dtype), None, None, None, None, None, None, None
+            grad = grad.mul_(_broadcast_to_grad(grad_out, grad))  # in place: no second (R, K)
+        return grad.to(logits.dtype), None, None, None, None, None, None, None, None
 
 
 def closed_form_loss(
@@ -238,14 +287,16 @@ def closed_form_loss(
     target: Tensor,
     from_labels: bool,
     formula: Callable[..., Tuple[Tensor, Tensor]],
-    params: Tuple[float, ...],
-    alpha: float,
+    params: Tuple,
+    alpha: Alpha,
     reduction: str,
     kernel: str,
+    per_row: bool = False,
 ) -> Tensor:
     """
     The loss of ``formula`` (see :func:`_loss_and_grad`) with its closed-form gradient, on
-    ``kernel``; "mean" divides by the elements of non-ignored rows.
+    ``kernel``; "mean" divides by the elements of non-ignored rows (by the non-ignored rows for
+    a ``per_row`` loss, which returns (R,) for "none").
     """
     _check_reduction(reduction)
     kernel = check_kernel(kernel)
@@ -254,10 +305,11 @@ def closed_form_loss(
         # formula instead (it keeps its intermediates).
         settings = (False, formula, params, alpha, reduction != "none", False)
         loss, _ = _loss_and_grad(logits, target, *settings)
-        loss = loss / logits.numel() if reduction == "mean" else loss
+        if reduction == "mean":
+            loss = loss / _mean_divisor(logits, target, False, per_row)
         return loss.to(logits.dtype)
     return _ClosedFormLoss.apply(
-        logits, target, from_labels, formula, params, alpha, reduction, kernel
+        logits, target, from_labels, formula, params, alpha, reduction, kernel, per_row
     )
 
 

@@ -21,10 +21,11 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .closed_form import KERNELS, closed_form_loss, scripted_loss, upcast
+from .closed_form import KERNELS, Alpha, closed_form_loss, scripted_loss, smallest_normal, upcast
 
 __all__ = [
     "KERNELS",
+    "check_class_alpha",
     "sigmoid_focal_loss",
     "sigmoid_focal_loss_from_labels",
     "sigmoid_focal_loss_star",
@@ -52,6 +53,37 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
             f"{name} must be in [0, 1], or negative to turn the alpha weighting off, got {alpha}."
         )
     return float(alpha)
+
+
+def check_class_alpha(alpha: Alpha, num_classes: int, name: str = "alpha") -> Alpha:
+    """
+    α of a label loss: a float as in :func:`check_alpha`, or per-class α_c, one value in [0, 1]
+    per class.
+
+    Args:
+        alpha: a float, or a sequence or (K,) tensor of K floats.
+        num_classes: K, the number of foreground classes.
+        name: what the error message calls ``alpha``.
+
+    Returns:
+        the float, or the α_c as a (K,) float64 tensor.
+    """
+    if isinstance(alpha, (int, float)):
+        return check_alpha(alpha, name)
+    values = torch.as_tensor(alpha, dtype=torch.float64).detach().cpu()
+    if values.shape != (num_classes,) or not bool(((values >= 0) & (values <= 1)).all()):
+        raise ValueError(
+            f"{name} must be a number or {num_classes} per-class values (one per class), each "
+            f"in [0, 1]; got {values.tolist()}."
+        )
+    return values
+
+
+def _alpha_for(logits: Tensor, alpha: Alpha) -> Alpha:
+    """Per-class α in the computation dtype, on the logits' device; a float as it is."""
+    if isinstance(alpha, Tensor):
+        return alpha.to(device=logits.device, dtype=upcast(logits).dtype)
+    return alpha
 
 
 def check_star_gamma(gamma: float, name: str = "gamma") -> float:
@@ -84,16 +116,21 @@ def _check_targets(logits: Tensor, targets: Tensor) -> None:
         )
 
 
-def _check_labels(logits: Tensor, labels: Tensor) -> None:
+def check_labels(logits: Tensor, labels: Tensor, background_logit: bool = False) -> None:
+    """
+    Check (R, C) logits and (R,) int64 labels in [-1, K]: C = K, or C = K + 1 when the last
+    column is the background's (``background_logit``).
+    """
     _check_logits(logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (R, K), got {tuple(logits.shape)}.")
+    shape = "(R, K + 1)" if background_logit else "(R, K)"
+    if logits.dim() != 2 or (background_logit and logits.shape[1] < 2):
+        raise ValueError(f"logits must have shape {shape}, got {tuple(logits.shape)}.")
     if labels.dtype != torch.int64 or labels.shape != logits.shape[:1]:
         raise ValueError(
             f"labels must be an int64 tensor of shape (R,) = {tuple(logits.shape[:1])}, "
             f"got dtype {labels.dtype} and shape {tuple(labels.shape)}."
         )
-    num_classes = logits.shape[1]
+    num_classes = logits.shape[1] - int(background_logit)
     if labels.numel() and bool((labels < -1).any() | (labels > num_classes).any()):
         raise ValueError(
             f"labels must lie in [-1, {num_classes}]: a class index, {num_classes} for "
@@ -123,11 +160,6 @@ def _sigmoid_softplus(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     )
 
 
-def _smallest_normal(x: Tensor) -> float:
-    # torch.finfo(x.dtype).tiny, which TorchScript cannot compile; x is fp32 or fp64.
-    return 2.2250738585072014e-308 if x.dtype == torch.float64 else 1.1754943508222875e-38
-
-
 def _focal_formula(x: Tensor, t: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
     """
     FL without α: CE(x, t) (1 - p_t)^γ, with 1 - p_t = t (1 - p) + (1 - t) p (fvcore's and
@@ -144,7 +176,7 @@ def _focal_formula(x: Tensor, t: Tensor, gamma: float) -> Tuple[Tensor, Tensor]:
     # p (1 - p) / (1 - p_t) lies in [0, 1] (it is p_t for t in {0, 1}); written this way, no
     # (1 - p_t)^(γ - 1) overflows for γ < 1 at p_t -> 1. Where 1 - p_t underflows to 0, so does
     # p (1 - p), and the ratio is 0 instead of 0 / 0.
-    ratio = p * one_minus_p / one_minus_p_t.clamp_min(_smallest_normal(x))
+    ratio = p * one_minus_p / one_minus_p_t.clamp_min(smallest_normal(x))
     # d CE / dx = p - t, written without the cancellation of p - 1 at p -> 1.
     cross_entropy_grad = (1 - t) * p - t * one_minus_p
     grad = modulator * (cross_entropy_grad + gamma * cross_entropy * (1 - 2 * t) * ratio)
@@ -211,7 +243,7 @@ def sigmoid_focal_loss(
 def sigmoid_focal_loss_from_labels(
     logits: Tensor,
     labels: Tensor,
-    alpha: float = 0.25,
+    alpha: Alpha = 0.25,
     gamma: float = 2.0,
     reduction: str = "sum",
     kernel: str = "compiled",
@@ -224,17 +256,19 @@ def sigmoid_focal_loss_from_labels(
         logits: (R, K) float tensor; fp16, bf16, fp32 or fp64.
         labels: (R,) int64: a class in [0, K), K for background, -1 for ignored rows, which
             contribute nothing (zeros for "none", and no gradient).
-        alpha, gamma, kernel: as in :func:`sigmoid_focal_loss`.
+        alpha: as in :func:`sigmoid_focal_loss`, or per-class α_c, a (K,) tensor or sequence of
+            values in [0, 1]: element (r, c) is weighted by α_c if row r is of class c, else by
+            1 - α_c.
+        gamma, kernel: as in :func:`sigmoid_focal_loss`.
         reduction: "none" | "mean" (over the elements of non-ignored rows) | "sum".
 
     Returns:
         fp32 loss (fp64 for fp64 logits): (R, K) for "none", else a scalar.
     """
-    _check_labels(logits, labels)
+    check_labels(logits, labels)
     params = (check_gamma(gamma),)
-    return closed_form_loss(
-        logits, labels, True, _focal_formula, params, check_alpha(alpha), reduction, kernel
-    )
+    alpha = _alpha_for(logits, check_class_alpha(alpha, logits.shape[1]))
+    return closed_form_loss(logits, labels, True, _focal_formula, params, alpha, reduction, kernel)
 
 
 def sigmoid_focal_loss_star(
@@ -277,19 +311,20 @@ def sigmoid_focal_loss_star_from_labels(
     labels: Tensor,
     gamma: float,
     beta: float,
-    alpha: float = 0.25,
+    alpha: Alpha = 0.25,
     reduction: str = "sum",
     kernel: str = "compiled",
 ) -> Tensor:
     """
     FL* from class indices; see :func:`sigmoid_focal_loss_star` and
-    :func:`sigmoid_focal_loss_from_labels` for the arguments.
+    :func:`sigmoid_focal_loss_from_labels` for the arguments (α may be per class).
 
     Returns:
         fp32 loss (fp64 for fp64 logits): (R, K) for "none", else a scalar.
     """
-    _check_labels(logits, labels)
+    check_labels(logits, labels)
     params = (check_star_gamma(gamma), check_beta(beta))
+    alpha = _alpha_for(logits, check_class_alpha(alpha, logits.shape[1]))
     return closed_form_loss(
-        logits, labels, True, _focal_star_formula, params, check_alpha(alpha), reduction, kernel
+        logits, labels, True, _focal_star_formula, params, alpha, reduction, kernel
     )

@@ -8,4 +8,5 @@ from . import (
     cls_losses,  # noqa: F401  registers the classification losses
     head,  # noqa: F401  registers RetinaNetFocalHead
     meta_arch,  # noqa: F401  registers FocalLossRetinaNet
+    ohem,  # noqa: F401  registers the OHEM loss
 )

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
-from .cls_losses import build_cls_loss
+from .cls_losses import build_cls_loss, cls_loss_has_background_logit
 from .head import RetinaNetFocalHead
 from .matching import build_anchor_matcher, match_anchors
 
@@ -80,6 +80,7 @@ class FocalLossRetinaNet(DenseDetector):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
+        background_logit: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
     ):
@@ -107,6 +108,9 @@ class FocalLossRetinaNet(DenseDetector):
             test_topk_candidates: per-level candidates kept after the threshold (1000).
             test_nms_thresh: IoU threshold of the class-wise NMS (0.5).
             max_detections_per_image: detections kept per image after NMS (100).
+            background_logit: the head predicts K + 1 logits per anchor, the last for background
+                (the softmax loss): scores are the softmax's K class probabilities, background
+                dropped; False: K logits, scores are their sigmoids.
             pixel_mean, pixel_std: image normalisation, see :class:`DenseDetector`.
         """
         super().__init__(
@@ -138,6 +142,7 @@ class FocalLossRetinaNet(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.background_logit = background_logit
         # A buffer, so that the moving average is saved in checkpoints and restored on resume.
         self.register_buffer("loss_normalizer_ema", torch.tensor(_EMA_NORMALIZER_START))
 
@@ -176,6 +181,7 @@ class FocalLossRetinaNet(DenseDetector):
             "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "background_logit": cls_loss_has_background_logit(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -191,7 +197,7 @@ class FocalLossRetinaNet(DenseDetector):
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4]
+            predictions, [self.num_classes + int(self.background_logit), 4]
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
@@ -308,20 +314,28 @@ class FocalLossRetinaNet(DenseDetector):
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ) -> List[Instances]:
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4]
+            predictions, [self.num_classes + int(self.background_logit), 4]
         )
         anchors = self.anchor_generator(features)
         return [
             self.inference_single_image(
                 anchors,
-                # In place, as Detectron2: the transposed logits are read nowhere else, and a
-                # copy would allocate one more (R, K) tensor per image.
-                [logits[img_idx].sigmoid_() for logits in pred_logits],
+                [self._class_scores(logits[img_idx]) for logits in pred_logits],
                 [deltas[img_idx] for deltas in pred_anchor_deltas],
                 image_size,
             )
             for img_idx, image_size in enumerate(images.image_sizes)
         ]
+
+    def _class_scores(self, logits: Tensor) -> Tensor:
+        """
+        (R, K) class probabilities from one image's (R, K) logits (sigmoid, in place as in
+        Detectron2: the transposed logits are read nowhere else) or (R, K + 1) logits (softmax
+        over K + 1, background dropped).
+        """
+        if self.background_logit:
+            return logits.softmax(dim=1)[:, : self.num_classes]
+        return logits.sigmoid_()
 
     def inference_single_image(
         self,

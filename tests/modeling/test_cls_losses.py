@@ -19,10 +19,9 @@ from retinanet_fl.modeling.cls_losses import (
     CrossEntropyClsLoss,
     FocalClsLoss,
     FocalStarClsLoss,
-    OHEMClsLoss,
     build_cls_loss,
-    ohem_select,
 )
+from retinanet_fl.modeling.ohem import OHEMClsLoss, ohem_select
 
 NUM_CLASSES = 3
 
@@ -51,14 +50,20 @@ def batch(num_images: int = 2, num_anchors: int = 30, seed: int = 0):
     return logits, labels, anchors
 
 
-def test_registry_holds_the_four_losses():
-    assert sorted(name for name, _ in CLS_LOSS_REGISTRY) == ["ce", "focal", "focal_star", "ohem"]
+def test_registry_holds_the_five_losses():
+    assert sorted(name for name, _ in CLS_LOSS_REGISTRY) == [
+        "ce",
+        "focal",
+        "focal_star",
+        "ohem",
+        "softmax_focal",
+    ]
 
 
 def test_unknown_name_lists_registered_names():
     with pytest.raises(
         KeyError,
-        match=r"MODEL.RETINANET_FL.CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem'\]",
+        match=r"CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem', 'softmax_focal'\]",
     ):
         build_cls_loss(config("focall"))
 
