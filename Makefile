@@ -13,18 +13,8 @@ endif
 
 .PHONY: install ensure-installed demo test lint bench gpu-check clean
 
-# What `make lint` checks (ruff.toml: line length 100, rules E, F, W, I). The ablation, synthetic
-# data, demo and visualize modules (and their tests) join this list once they are formatted.
-LINT_PATHS := \
-	retinanet_fl/layers retinanet_fl/modeling retinanet_fl/engine retinanet_fl/benchmark \
-	retinanet_fl/config.py retinanet_fl/model_zoo.py retinanet_fl/train_net.py \
-	retinanet_fl/predict.py retinanet_fl/__init__.py \
-	retinanet_fl/data/mapper.py retinanet_fl/data/sanitize.py retinanet_fl/data/__init__.py \
-	tests/layers tests/modeling tests/engine tests/export tests/conftest.py tests/test_config.py \
-	tests/test_benchmark.py tests/test_packaging.py tests/test_predict.py tests/test_cuda.py \
-	tests/test_train_net.py \
-	tests/test_reproducibility.py tests/test_data_robustness.py tests/__init__.py \
-	retinanet_fl/export train_net.py setup.py
+# What `make lint` checks (ruff.toml: line length 100, rules E, F, W, I).
+LINT_PATHS := retinanet_fl tests train_net.py setup.py
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x "$(PY)" ]; then $(PYTHON) -m venv $(VENV); fi

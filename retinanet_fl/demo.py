@@ -6,6 +6,7 @@ set (printed); the training curves go to ``curves.png``.
 
     python -m retinanet_fl.demo [--output-dir output/demo] [KEY VALUE ...]
 """
+
 import argparse
 import json
 import os
@@ -23,7 +24,12 @@ import retinanet_fl  # noqa: F401  registers the synthetic datasets
 from retinanet_fl.config import load_config
 from retinanet_fl.model_zoo import get_config_file
 from retinanet_fl.predict import build_predictor
-from retinanet_fl.visualize import ThresholdChoice, f1_optimal_threshold, plot_training_curves, side_by_side
+from retinanet_fl.visualize import (
+    ThresholdChoice,
+    f1_optimal_threshold,
+    plot_training_curves,
+    side_by_side,
+)
 
 DEMO_CONFIG_NAME = "synthetic/retinanet_R18_FPN_synthetic.yaml"
 NUM_PICTURES = 8
@@ -31,16 +37,25 @@ PICTURE_SCALE = 3.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="output/demo", help="where the run, AP table and pictures go")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output-dir", default="output/demo", help="where the run, AP table and pictures go"
+    )
     parser.add_argument(
         "--score-threshold",
         type=float,
         default=None,
-        help="draw detections scoring at least this (default: the F1-optimal threshold on the validation set)",
+        help="draw detections scoring at least this "
+        "(default: the F1-optimal threshold on the validation set)",
     )
-    parser.add_argument("--scale", type=float, default=PICTURE_SCALE, help="upscaling of the pictures (>= 1)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. SOLVER.MAX_ITER 100")
+    parser.add_argument(
+        "--scale", type=float, default=PICTURE_SCALE, help="upscaling of the pictures (>= 1)"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. SOLVER.MAX_ITER 100"
+    )
     return parser.parse_args(argv)
 
 
@@ -59,7 +74,11 @@ def choose_threshold(cfg: CfgNode, output_dir: str) -> ThresholdChoice:
 
 
 def draw_pictures(
-    cfg: CfgNode, records: Sequence[Dict], output_dir: str, threshold: float, scale: float = PICTURE_SCALE
+    cfg: CfgNode,
+    records: Sequence[Dict],
+    output_dir: str,
+    threshold: float,
+    scale: float = PICTURE_SCALE,
 ) -> List[str]:
     """
     Run ``cfg.MODEL.WEIGHTS`` on each image and save the ground truth beside its detections that
@@ -84,7 +103,9 @@ def draw_pictures(
         instances = predictor(image_bgr)["instances"].to("cpu")
         instances = instances[instances.scores >= threshold]
         titles = ("ground truth", f"detections scoring >= {threshold:.2f}")
-        picture = side_by_side(image_bgr[:, :, ::-1], record, instances, metadata, scale, titles=titles)
+        picture = side_by_side(
+            image_bgr[:, :, ::-1], record, instances, metadata, scale, titles=titles
+        )
         path = os.path.join(output_dir, os.path.basename(record["file_name"]))
         if not cv2.imwrite(path, picture[:, :, ::-1]):
             raise OSError(f"Could not write the picture {path}.")
@@ -111,7 +132,8 @@ def report(
         threshold = choice.threshold
         print(
             f"[demo] score threshold {threshold:.3f}: the F1-optimal one on {cfg.DATASETS.TEST[0]} "
-            f"(IoU {choice.iou_threshold:g}: precision {choice.precision:.3f}, recall {choice.recall:.3f}, "
+            f"(IoU {choice.iou_threshold:g}: precision {choice.precision:.3f}, "
+            f"recall {choice.recall:.3f}, "
             f"F1 {choice.f1:.3f}; {choice.num_detections} detections, {choice.num_gt} objects)"
         )
     cfg = cfg.clone()
@@ -119,8 +141,13 @@ def report(
     records = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:num_pictures]
     pictures_dir = os.path.join(output_dir, "pictures")
     draw_pictures(cfg, records, pictures_dir, threshold, scale)
-    print(f"[demo] pictures (ground truth | detections scoring >= {threshold:.3f}, {scale:g}x): {pictures_dir}/")
-    curves = plot_training_curves(os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "curves.png"))
+    print(
+        f"[demo] pictures (ground truth | detections scoring >= {threshold:.3f}, {scale:g}x): "
+        f"{pictures_dir}/"
+    )
+    curves = plot_training_curves(
+        os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "curves.png")
+    )
     print(f"[demo] training curves: {curves}")
     return threshold
 
@@ -133,17 +160,28 @@ def main(argv=None) -> None:
     start = time.perf_counter()
 
     for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        print(f"[demo] dataset {name}: {len(DatasetCatalog.get(name))} images (generated on first use)")
+        print(
+            f"[demo] dataset {name}: {len(DatasetCatalog.get(name))} images "
+            "(generated on first use)"
+        )
 
-    print(f"[demo] training configs/{DEMO_CONFIG_NAME} on the CPU, then evaluating with COCOEvaluator")
+    print(
+        f"[demo] training configs/{DEMO_CONFIG_NAME} on the CPU, then evaluating with COCOEvaluator"
+    )
     command = [sys.executable, "-m", "retinanet_fl.train_net", "--config-file", config_file, *opts]
     subprocess.run(command, check=True)
 
     report(cfg, args.output_dir, threshold=args.score_threshold, scale=args.scale)
     minutes = (time.perf_counter() - start) / 60
     print(f"[demo] done in {minutes:.1f} min")
-    print(f"[demo] AP table: {os.path.join(args.output_dir, 'log.txt')} (end of the log, also printed above)")
-    print(f"[demo] detections: {os.path.join(args.output_dir, 'inference', 'coco_instances_results.json')}")
+    print(
+        f"[demo] AP table: {os.path.join(args.output_dir, 'log.txt')} "
+        "(end of the log, also printed above)"
+    )
+    print(
+        "[demo] detections: "
+        + os.path.join(args.output_dir, "inference", "coco_instances_results.json")
+    )
 
 
 if __name__ == "__main__":

@@ -191,7 +191,9 @@ def test_two_run_sweep_writes_table_files_with_both_rows(tmp_path):
     ]
     assert float(rows[1]["delta_AP"]) == pytest.approx(44.0)
     assert rows[0]["paper_AP75"] == "" and rows[0]["delta_AP75"] == ""
-    assert [(tmp_path / "out" / r["run_dir"]).resolve() for r in rows] == [r.run_dir.resolve() for r in results]
+    assert [(tmp_path / "out" / r["run_dir"]).resolve() for r in rows] == [
+        r.run_dir.resolve() for r in results
+    ]
     assert not Path(rows[0]["run_dir"]).is_absolute()  # committed tables carry no machine's paths
     markdown = (tmp_path / "out" / "table_t.md").read_text()
     assert (

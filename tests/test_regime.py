@@ -1,8 +1,8 @@
 """Tests of the imbalance regime (``python -m retinanet_fl.ablation stats``)."""
 
 import json
-import re
 import math
+import re
 import uuid
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Tests of the multi-seed studies (retinanet_fl.ablation.study) on a fake sweep, and the study file."""
+"""Multi-seed studies (retinanet_fl.ablation.study) on a fake sweep, and the study file."""
 
 import csv
 import dataclasses
@@ -47,7 +47,8 @@ def _write_study(tmp_path: Path) -> Path:
 
 
 class FakeTrainNet:
-    """Writes metrics.json with an AP given by (point, arm, seed); fails (point, arm, seed)s asked."""
+    """Writes metrics.json with an AP given by (point, arm, seed); fails the (point, arm, seed)s
+    asked to."""
 
     def __init__(self, fail=()):
         self.calls: List[tuple] = []
@@ -117,7 +118,7 @@ def test_fake_study_collects_means_sds_and_paired_differences(tmp_path):
     )
 
     # Point by point, seed by seed, arm by arm: the first point completes first.
-    assert fake.calls[:6] == [("0.01", l, s) for s in (0, 1, 2) for l in ("ce", "focal")]
+    assert fake.calls[:6] == [("0.01", arm, s) for s in (0, 1, 2) for arm in ("ce", "focal")]
     assert len(fake.calls) == 12
     assert [r.status for r in results].count("failed") == 1
 

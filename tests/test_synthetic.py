@@ -12,8 +12,6 @@ from pycocotools.coco import COCO
 
 import retinanet_fl  # noqa: F401  registers synthetic_train / synthetic_val
 from retinanet_fl.data import synthetic
-from retinanet_fl.data.synthetic import __main__ as synthetic_cli
-from retinanet_fl.data.synthetic import generate as synthetic_generate
 from retinanet_fl.data.synthetic import (
     SYNTHETIC_CLASSES,
     ensure_synthetic_coco,
@@ -22,6 +20,8 @@ from retinanet_fl.data.synthetic import (
     register_synthetic_coco,
     synthetic_split_paths,
 )
+from retinanet_fl.data.synthetic import __main__ as synthetic_cli
+from retinanet_fl.data.synthetic import generate as synthetic_generate
 
 TINY = dict(num_train=4, num_val=2, image_size=64, seed=3)
 
@@ -58,8 +58,9 @@ def test_generation_is_deterministic(tmp_path):
         json_a, json_b = (synthetic_split_paths(str(tmp_path / r), split)[0] for r in "ab")
         with open(json_a, "rb") as fa, open(json_b, "rb") as fb:
             assert fa.read() == fb.read()
-        images_a, images_b = _read_images(tmp_path / "a", split), _read_images(
-            tmp_path / "b", split
+        images_a, images_b = (
+            _read_images(tmp_path / "a", split),
+            _read_images(tmp_path / "b", split),
         )
         assert sorted(images_a) == sorted(images_b)
         for name in images_a:

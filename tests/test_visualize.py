@@ -1,4 +1,4 @@
-"""Tests of the demo's threshold choice, pictures and curves (retinanet_fl.visualize, demo.report)."""
+"""The demo's threshold choice, pictures and curves (retinanet_fl.visualize, demo.report)."""
 
 import json
 import uuid

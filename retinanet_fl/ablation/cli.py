@@ -21,6 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from .collect import RowResult, collect_results, write_table
 from .figures import figure1, figure4
 from .regime import regime_stats, write_regime
+from .runner import (
+    FAILED,
+    FINISHED,
+    Launcher,
+    execute_run,
+    launch_train_net,
+    plan_runs,
+    read_status,
+)
 from .study import (
     STUDIES_DIR,
     available_studies,
@@ -32,15 +41,6 @@ from .study import (
     run_study,
     select,
     write_study,
-)
-from .runner import (
-    FAILED,
-    FINISHED,
-    Launcher,
-    execute_run,
-    launch_train_net,
-    plan_runs,
-    read_status,
 )
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
 

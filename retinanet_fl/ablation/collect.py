@@ -12,8 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .runner import FAILED, FINISHED, PENDING, RunSpec, read_eval_results, read_status
 from ..model_zoo import CONFIGS_DIR
+from .runner import FAILED, FINISHED, PENDING, RunSpec, read_eval_results, read_status
 from .sweeps import METRICS, Sweep, SweepRow
 
 

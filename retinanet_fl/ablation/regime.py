@@ -217,8 +217,9 @@ def regime_stats(
     """
     from detectron2.modeling import build_model
 
-    from ..engine import AtomicCheckpointer
     import retinanet_fl  # noqa: F401  registers the meta-architecture and the datasets
+
+    from ..engine import AtomicCheckpointer
 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")

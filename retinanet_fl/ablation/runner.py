@@ -65,7 +65,13 @@ class RunSpec:
         Returns:
             the command line of the run.
         """
-        cmd = [sys.executable, "-m", "retinanet_fl.train_net", "--config-file", str(self.config_file)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "retinanet_fl.train_net",
+            "--config-file",
+            str(self.config_file),
+        ]
         cmd += ["--num-gpus", str(self.num_gpus)]
         if resume:
             cmd.append("--resume")
@@ -265,9 +271,7 @@ def launch_train_net(spec: RunSpec, resume: bool) -> int:
     """
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     with open(spec.run_dir / LOG_FILE, "ab") as log:
-        return subprocess.call(
-            spec.command(resume), stdout=log, stderr=subprocess.STDOUT
-        )
+        return subprocess.call(spec.command(resume), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _now() -> str:
