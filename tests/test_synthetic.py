@@ -22,6 +22,7 @@ from retinanet_fl.data.synthetic import (
 )
 from retinanet_fl.data.synthetic import __main__ as synthetic_cli
 from retinanet_fl.data.synthetic import generate as synthetic_generate
+from retinanet_fl.data.synthetic import render as synthetic_render
 
 TINY = dict(num_train=4, num_val=2, image_size=64, seed=3)
 
@@ -122,7 +123,7 @@ def test_sizes_counts_and_occlusion_are_varied(medium_dataset):
 
 
 def _placed_object(mask, base_rgb, min_visible_fraction):
-    return synthetic_generate._PlacedObject(
+    return synthetic_render._PlacedObject(
         category_id=1,
         base_rgb=base_rgb,
         halo=mask,
@@ -137,20 +138,18 @@ def test_placement_keeps_objects_visible_and_apart_from_their_colour():
     everywhere = np.ones((32, 32), bool)
     # Any 16 px circle hides more than 10 % of an object covering the image.
     assert (
-        synthetic_generate._place(
+        synthetic_render._place(
             rng, "circle", yellow, 32, 16, [_placed_object(everywhere, red, 0.9)]
         )
         is None
     )
-    mask = synthetic_generate._place(
+    mask = synthetic_render._place(
         rng, "circle", yellow, 32, 16, [_placed_object(everywhere, red, 0.5)]
     )
     assert mask is not None and 0 < mask.sum() < 0.5 * everywhere.sum()
     # The same colour may not touch it at all, whatever the occlusion allowance.
     assert (
-        synthetic_generate._place(
-            rng, "circle", red, 32, 16, [_placed_object(everywhere, red, 0.0)]
-        )
+        synthetic_render._place(rng, "circle", red, 32, 16, [_placed_object(everywhere, red, 0.0)])
         is None
     )
 
@@ -159,7 +158,7 @@ def test_rendered_objects_are_visible():
     rng = np.random.default_rng(0)
     num_objects = 0
     for _ in range(10):
-        image, objects = synthetic_generate._render_image(rng, 96)
+        image, objects = synthetic_render.render_image(rng, 96)
         assert image.shape == (96, 96, 3) and image.dtype == np.uint8
         assert all(visible.any() for _, visible in objects)
         num_objects += len(objects)
@@ -317,7 +316,7 @@ def test_objects_and_distractors_per_image_set_the_regime(tmp_path):
     # Without distractors, the only saturated colours in an image are the objects' own.
     rng = np.random.default_rng(5)
     for _ in range(5):
-        image, objects = synthetic_generate._render_image(rng, 96, (0, 1), 0.0)
+        image, objects = synthetic_render.render_image(rng, 96, (0, 1), 0.0)
         covered = np.zeros(image.shape[:2], bool)
         for _, visible in objects:
             covered |= visible
