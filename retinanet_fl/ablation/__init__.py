@@ -5,10 +5,11 @@ Command line: ``python -m retinanet_fl.ablation --help``.
 """
 
 from .cli import describe_sweeps, main, run_sweep
-from .collect import RowResult, collect_results, write_table
+from .collect import RowResult, collect_results
 from .figures import figure1, figure4
 from .runner import RunSpec, execute_run, launch_train_net, plan_runs, read_eval_results
 from .sweeps import TABLE_FILES, Preset, Sweep, SweepRow, load_preset, load_sweep, load_sweeps
+from .tables import write_table
 
 __all__ = [
     "Preset",

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .collect import RowResult, collect_results, write_table
+from .collect import RowResult, collect_results
 from .figures import figure1, figure4
 from .regime import regime_stats, write_regime
 from .runner import (
@@ -43,6 +43,7 @@ from .study import (
     write_study,
 )
 from .sweeps import SWEEPS_DIR, TABLE_FILES, Sweep, check_opts, load_sweeps
+from .tables import write_table
 
 logger = logging.getLogger(__name__)
 

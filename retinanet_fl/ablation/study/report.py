@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ...model_zoo import CONFIGS_DIR
-from ..collect import _relative
 from ..regime import RegimeStats
 from ..runner import (
     FAILED,
 )
 from ..sweeps import METRICS
+from ..tables import _relative
 from .definition import REGIME_NUM_IMAGES, TRAINED_FIELDS, TRAINED_REGIME_NUM_IMAGES, Study
 from .results import PointResult, RunResult, point_regime, summarize
 
