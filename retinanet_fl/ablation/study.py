@@ -44,6 +44,8 @@ REGIME_NUM_IMAGES = 200
 # A finished run's model on its validation images: how much of the loss the easy negatives carry.
 TRAINED_REGIME_FILE = "regime_val.json"
 TRAINED_REGIME_NUM_IMAGES = 50
+# Ticks of the plot's log axis of negatives per positive.
+LOG_TICKS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 # Fields of a trained model's regime that the collector averages over seeds, and their scale.
 TRAINED_FIELDS: Dict[str, float] = {
@@ -691,6 +693,7 @@ def plot_study(study: Study, summaries: Sequence[PointResult], path: Path) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     others = [a for a in study.arms if a.name != study.reference]
     reference = next(a for a in study.arms if a.name == study.reference)
@@ -738,8 +741,18 @@ def plot_study(study: Study, summaries: Sequence[PointResult], path: Path) -> No
                 label=f"{arm.label}, {group}",
             )
     left.axhline(0.0, color="gray", lw=1)
+    ratios = [
+        s.regime.negatives_per_positive
+        for s in summaries
+        if s.regime is not None and any(spreads["AP"].n for spreads in s.arms.values())
+    ]
     for ax in (left, right):
         ax.set_xscale("log")
+        if ratios:
+            # Round numbers in the data's range, without matplotlib's crowded minor labels.
+            ticks = [t for t in LOG_TICKS if min(ratios) / 1.5 <= t <= max(ratios) * 1.5]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("negative anchors per positive anchor (training images; groups offset)")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
