@@ -15,6 +15,9 @@ from ..tables import _relative
 from .definition import REGIME_NUM_IMAGES, TRAINED_FIELDS, TRAINED_REGIME_NUM_IMAGES, Study
 from .results import PointResult, RunResult, point_regime, summarize
 
+# Ticks of the plot's log axis of negatives per positive.
+LOG_TICKS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
+
 
 def _cell(value: Optional[float]) -> str:
     return "" if value is None or math.isnan(value) else repr(round(value, 4))
@@ -217,6 +220,7 @@ def plot_study(study: Study, summaries: Sequence[PointResult], path: Path) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     others = [a for a in study.arms if a.name != study.reference]
     reference = next(a for a in study.arms if a.name == study.reference)
@@ -264,8 +268,18 @@ def plot_study(study: Study, summaries: Sequence[PointResult], path: Path) -> No
                 label=f"{arm.label}, {group}",
             )
     left.axhline(0.0, color="gray", lw=1)
+    ratios = [
+        s.regime.negatives_per_positive
+        for s in summaries
+        if s.regime is not None and any(spreads["AP"].n for spreads in s.arms.values())
+    ]
     for ax in (left, right):
         ax.set_xscale("log")
+        if ratios:
+            # Round numbers in the data's range, without matplotlib's crowded minor labels.
+            ticks = [t for t in LOG_TICKS if min(ratios) / 1.5 <= t <= max(ratios) * 1.5]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("negative anchors per positive anchor (training images; groups offset)")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
