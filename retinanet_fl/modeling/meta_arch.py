@@ -8,9 +8,9 @@ infinity dropped; class-wise NMS over all levels; the best ``max_detections_per_
 rescaling to the requested output size.
 
 With ``LOSS_NORMALIZER "ema"``, ``ALLOW_LOW_QUALITY_MATCHES True`` and the focal loss, this model
-computes what Detectron2's ``RetinaNet`` computes (tests/test_meta_arch.py proves it), and its
-parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectron2 RetinaNet
-checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see ``_CAFFE2_RETINANET_KEYS``).
+computes what Detectron2's ``RetinaNet`` computes (tests/modeling/test_meta_arch.py proves it), and
+its parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectron2 RetinaNet
+checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see :mod:`.caffe2_names`).
 """
 
 import logging
