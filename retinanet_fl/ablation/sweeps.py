@@ -3,8 +3,9 @@ Sweeps as data: one YAML per paper table under ``configs/ablations/``, and prese
 
 A table file names a base config, the overrides every row shares, and one entry per row: its
 name, its label, its cells in the paper's key columns, its own overrides and the paper's
-AP / AP50 / AP75 (a table beyond the paper may name extra metrics, such as one class's AP). A preset (``configs/ablations/presets/NAME.yaml``) replaces the base config and
-the table's scale-dependent overrides (``BASE_OPTS``: backbone, weights) and may keep fewer rows.
+AP / AP50 / AP75 (a table beyond the paper may name extra metrics, such as one class's AP). A
+preset (``configs/ablations/presets/NAME.yaml``) replaces the base config and the table's
+scale-dependent overrides (``BASE_OPTS``: backbone, weights) and may keep fewer rows.
 """
 
 import dataclasses

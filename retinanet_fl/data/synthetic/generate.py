@@ -2,8 +2,9 @@
 Writing the synthetic shapes dataset in COCO's format (images drawn by :mod:`.render`): 0 to
 ``MAX_OBJECTS_PER_IMAGE`` objects per image (or a fixed range, ``objects_per_image``), written
 atomically. With a long-tail ratio, the training split's classes follow a geometric decay (see
-:func:`long_tail_class_probs`) while validation stays balanced. Every image is drawn from its own random stream, seeded by (seed, split, index), so an
-image does not depend on how many come before it.
+:func:`long_tail_class_probs`) while validation stays balanced. Every image is drawn from its own
+random stream, seeded by (seed, split, index), so an image does not depend on how many come
+before it.
 """
 
 import json
@@ -363,7 +364,8 @@ def ensure_synthetic_coco(
     Args:
         out_dir: the dataset's folder.
         num_train, num_val, image_size, seed, objects_per_image, distractors_per_image,
-            max_object_size, long_tail_ratio: as in :func:`generate_synthetic_coco`, used only when generating.
+            max_object_size, long_tail_ratio: as in :func:`generate_synthetic_coco`, used only
+            when generating.
 
     Returns:
         ``out_dir``.
