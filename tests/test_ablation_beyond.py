@@ -20,6 +20,7 @@ ROWS = [
     "softmax_fl",
     "sigmoid_fl_alpha_inverse_frequency",
     "sigmoid_fl_alpha_effective_number",
+    "ce_alpha_0.75",
     "ce_alpha_inverse_frequency",
 ]
 
@@ -34,7 +35,7 @@ def _cfgs(sweep):
     return cfgs
 
 
-def test_beyond_table_runs_the_five_variants_on_the_long_tailed_set():
+def test_beyond_table_runs_the_six_variants_on_the_long_tailed_set():
     (sweep,) = load_sweeps(["beyond"], preset="synthetic")
     assert [r.name for r in sweep.rows] == ROWS
     cfgs = _cfgs(sweep)
@@ -54,14 +55,14 @@ def test_beyond_table_runs_the_five_variants_on_the_long_tailed_set():
         assert (cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR) == ("SGD", 0.04)
         build_cls_loss(cfg)  # the loss and its α settings are valid
     losses = [c.MODEL.RETINANET_FL.CLS_LOSS for c in cfgs]
-    assert losses == ["focal", "softmax_focal", "focal", "focal", "ce"]
+    assert losses == ["focal", "softmax_focal", "focal", "focal", "ce", "ce"]
     rules = [
         parse_alpha_per_class(c.MODEL.RETINANET_FL.ALPHA_PER_CLASS, c.MODEL.RETINANET.NUM_CLASSES)
         for c in cfgs
     ]
-    assert rules == [None, None, "inverse_frequency", "effective_number", "inverse_frequency"]
-    assert [c.MODEL.RETINANET.FOCAL_LOSS_GAMMA for c in cfgs] == [2.0, 2.0, 2.0, 2.0, 0.0]
-    assert [c.MODEL.RETINANET.FOCAL_LOSS_ALPHA for c in cfgs] == [0.25, 0.25, 0.25, 0.25, 0.75]
+    assert rules == [None, None, "inverse_frequency", "effective_number", None, "inverse_frequency"]
+    assert [c.MODEL.RETINANET.FOCAL_LOSS_GAMMA for c in cfgs] == [2.0] * 4 + [0.0] * 2
+    assert [c.MODEL.RETINANET.FOCAL_LOSS_ALPHA for c in cfgs] == [0.25] * 4 + [0.75] * 2
 
 
 def test_beyond_table_is_the_same_runs_with_or_without_the_preset():
@@ -86,7 +87,7 @@ def test_all_tables_leave_out_beyond_and_its_dry_run_lists_seed_after_seed(capsy
     argv = ["--table", "beyond", "--preset", "synthetic", "--seeds", "0", "1", "--dry-run"]
     assert main([*argv, "--output-dir", "/tmp/unused_beyond_dir"]) == 0
     listing = capsys.readouterr().out
-    assert "10 rows, 10 distinct runs" in listing
+    assert "12 rows, 12 distinct runs" in listing
     # A complete seed first, so that a stopped sweep leaves whole seeds behind.
     order = [line.split(" [")[0].strip() for line in listing.splitlines() if " seed " in line]
     assert order == [f"{row} seed {seed}" for seed in (0, 1) for row in ROWS]
