@@ -137,6 +137,7 @@ def test_per_class_ap_columns_show_mean_sd_and_paired_difference(tmp_path):
     assert float(rows[1]["AP-common_mean"]) == 50.0 and float(rows[1]["AP-common_sd"]) == 0.0
     markdown = (out / "table_t.md").read_text()
     assert "| α | AP (mean ± sd) | AP50 | AP75 | AP common | AP rare | AP per seed" in markdown
+    assert "paper AP" not in markdown  # no paper numbers: no paper column
     assert (
         "| 0.75 | 76.0 ± 1.0 (n=3) | 1.0 | 2.0 | 50.0 ± 0.0 (n=3) | 5.3 ± 4.6 (n=3) |" in markdown
     )

@@ -36,6 +36,10 @@ def write_seeded_markdown(
     seeded = summarize_seeds(results, [key for _, key in extra])
     seeds = sorted({r.seed for r in results})
     first = seeded[0].row.columns if seeded else ()
+    # A table beyond the paper (no paper numbers at all) has no paper column.
+    with_paper = any(v is not None for r in sweep.rows for v in r.paper) or any(
+        r.paper_note for r in sweep.rows
+    )
     header = [
         *sweep.columns,
         "AP (mean ± sd)",
@@ -44,7 +48,7 @@ def write_seeded_markdown(
         *(label for label, _ in extra),
         f"AP per seed ({' / '.join(map(str, seeds))})",
         f"ΔAP vs {' '.join(first)} (paired)",
-        "paper AP",
+        *(["paper AP"] if with_paper else []),
     ]
     lines = [f"# {sweep.title}", "", _setting(sweep), "", f"Seeds: {', '.join(map(str, seeds))}."]
     lines += [""] + [f"{note}" for note in notes] + ([""] if notes else [])
@@ -68,7 +72,7 @@ def write_seeded_markdown(
                     *(entry.metrics[key].format() for _, key in extra),
                     _seeds_text(entry),
                     "–" if entry is seeded[0] or not delta.n else delta.format(signed=True),
-                    _paper_cells(entry.row)[0],
+                    *(_paper_cells(entry.row)[:1] if with_paper else []),
                 ]
             )
             + " |"
