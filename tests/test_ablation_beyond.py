@@ -138,9 +138,14 @@ def test_per_class_ap_columns_show_mean_sd_and_paired_difference(tmp_path):
     markdown = (out / "table_t.md").read_text()
     assert "| α | AP (mean ± sd) | AP50 | AP75 | AP common | AP rare | AP per seed" in markdown
     assert "paper AP" not in markdown  # no paper numbers: no paper column
-    assert (
-        "| 0.75 | 76.0 ± 1.0 (n=3) | 1.0 | 2.0 | 50.0 ± 0.0 (n=3) | 5.3 ± 4.6 (n=3) |" in markdown
+    # The first row's extra cells without a difference; the others with theirs, seed by seed.
+    assert "| 0.25 | 26.0 ± 1.0 (n=3) | 1.0 | 2.0 | 50.0 ± 0.0 (n=3) | 2.0 ± 1.8 (n=3) |" in (
+        markdown
     )
+    assert (
+        "| 0.75 | 76.0 ± 1.0 (n=3) | 1.0 | 2.0 | 50.0 ± 0.0 (n=3); Δ +0.0 ± 0.0 (n=3) "
+        "| 5.3 ± 4.6 (n=3); Δ +3.3 ± 2.9 (n=3) |"
+    ) in markdown
     assert (out / "table_t.png").stat().st_size > 1000
 
 

@@ -24,13 +24,20 @@ def _seeds_text(seeded: SeededRow) -> str:
     )
 
 
+def _extra_cell(entry: SeededRow, key: str, is_first: bool) -> str:
+    """An extra metric's mean ± sd and, below the first row, its paired difference to it."""
+    cell = entry.metrics[key].format()
+    paired = entry.vs_first[key]
+    return cell if is_first or not paired.n else f"{cell}; Δ {paired.format(signed=True)}"
+
+
 def write_seeded_markdown(
     sweep: Sweep, results: Sequence[RowResult], path: Path, notes: Sequence[str] = ()
 ) -> None:
     """
     A multi-seed table in Markdown: per row, AP / AP50 / AP75 as mean ± sd over seeds, the
-    table's extra metrics (mean ± sd), each seed's AP, the paired difference to the first row,
-    and the paper's AP.
+    table's extra metrics (mean ± sd and the paired difference to the first row), each seed's
+    AP, the paired AP difference to the first row, and the paper's AP (if the table has any).
     """
     extra = sweep.extra_metrics
     seeded = summarize_seeds(results, [key for _, key in extra])
@@ -69,7 +76,7 @@ def write_seeded_markdown(
                     entry.metrics["AP"].format(),
                     "–" if not entry.metrics["AP50"].n else f"{entry.metrics['AP50'].mean:.1f}",
                     "–" if not entry.metrics["AP75"].n else f"{entry.metrics['AP75'].mean:.1f}",
-                    *(entry.metrics[key].format() for _, key in extra),
+                    *(_extra_cell(entry, key, entry is seeded[0]) for _, key in extra),
                     _seeds_text(entry),
                     "–" if entry is seeded[0] or not delta.n else delta.format(signed=True),
                     *(_paper_cells(entry.row)[:1] if with_paper else []),
