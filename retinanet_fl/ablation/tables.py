@@ -323,7 +323,13 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
         )
     if seeded is not None:
         # The extra metrics (e.g. the rarest class's AP) beside AP, each with its spread.
-        for (label, key), style in zip(extra, ("s--", "^:", "v-.", "D--")):
+        styles = (
+            ("s--", "tab:green"),
+            ("^:", "tab:orange"),
+            ("v-.", "tab:purple"),
+            ("D--", "tab:brown"),
+        )
+        for (label, key), (style, colour) in zip(extra, styles):
             points = [(i, e.metrics[key]) for i, e in enumerate(seeded) if e.metrics[key].n]
             if points:
                 ax.errorbar(
@@ -331,6 +337,7 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
                     [p.mean for _, p in points],
                     yerr=[0.0 if math.isnan(p.sd) else p.sd for _, p in points],
                     fmt=style,
+                    color=colour,
                     capsize=3,
                     label=label,
                 )
@@ -352,11 +359,10 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
             label="ours: failed",
         )
     ax.set_xticks(positions)
-    ax.set_xticklabels(
-        [r.row.label for r in results],
-        rotation=30 if len(results) > 6 else 0,
-        ha="right" if len(results) > 6 else "center",
-    )
+    labels = [r.row.label for r in results]
+    # Slanted when the labels would run into each other.
+    slanted = len(results) > 6 or sum(len(label) for label in labels) > 60
+    ax.set_xticklabels(labels, rotation=30 if slanted else 0, ha="right" if slanted else "center")
     ax.set_xlabel(sweep.xlabel)
     ax.set_ylabel("AP")
     ax.set_title(sweep.title, fontsize=10)
