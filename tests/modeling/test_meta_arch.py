@@ -15,8 +15,8 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_fl  # noqa: F401  registers FocalLossRetinaNet
 from retinanet_fl import get_cfg
-from retinanet_fl.modeling import matching as matching_module
 from retinanet_fl.modeling import loss_normalizer as loss_normalizer_module
+from retinanet_fl.modeling import matching as matching_module
 from retinanet_fl.modeling.anchors import OctaveAnchorGenerator
 from retinanet_fl.modeling.matching import build_anchor_matcher, match_anchors
 from retinanet_fl.modeling.meta_arch import FocalLossRetinaNet
