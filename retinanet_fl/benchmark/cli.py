@@ -17,8 +17,8 @@ import torch
 from .common import DEFAULT_OUTPUT_DIR, write_results
 from .fixtures import ModelOptions
 from .inference import benchmark_inference
-from .loss_kernels import LOSS_METHODS, benchmark_losses
-from .report import inference_markdown, losses_markdown, render, train_markdown
+from .loss_kernels import LOSS_METHODS, benchmark_losses, losses_markdown
+from .report import inference_markdown, render, train_markdown
 from .results import load_results
 from .table1e import PLOT_NAME, benchmark_table1e, plot_table1e, table1e_markdown
 from .train import benchmark_train

@@ -63,6 +63,16 @@ def machine_info(device: torch.device) -> Machine:
     )
 
 
+def describe_machine(machine: Machine) -> str:
+    """The machine's sentence in a report, without the load."""
+    return (
+        f"Machine: {machine.platform}, {machine.cpu_count} CPUs, "
+        f"{machine.torch_threads} torch threads, device {machine.device}"
+        + (f" ({machine.gpu})" if machine.gpu is not None else "")
+        + f", torch {machine.torch}, {machine.date}."
+    )
+
+
 def record_load(machine: Machine) -> None:
     """
     Record the load average at the end of a benchmark, where the OS has one.

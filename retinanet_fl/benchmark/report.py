@@ -1,19 +1,20 @@
 """
-The Markdown reports of the benchmarks, rendered from their results alone, so that a report can be
-rendered again from its JSON (:func:`render`).
+The Markdown reports of the train and inference benchmarks, rendered from their results alone, so
+that a report can be rendered again from its JSON (:func:`render`, which also dispatches to the
+losses and table1e reports, kept beside their benchmarks).
 """
 
 import statistics
 from typing import List, Optional, Sequence, Tuple, Union
 
+from .common import describe_machine
+from .loss_kernels import losses_markdown
 from .results import (
     DETECTRON2,
     OURS,
     BenchmarkResults,
     InferenceEntry,
     InferenceResults,
-    LossResults,
-    Machine,
     Profile,
     Table1eResults,
     TrainEntry,
@@ -22,7 +23,7 @@ from .results import (
 from .table1e import table1e_markdown
 from .targets import TIME_TARGET_MODELS, TRAIN_TIME_MAX_RATIO
 
-__all__ = ["train_markdown", "inference_markdown", "losses_markdown", "render"]
+__all__ = ["train_markdown", "inference_markdown", "render"]
 
 MIB = 2**20
 
@@ -47,16 +48,6 @@ def render(results: BenchmarkResults, profile_rows: int = 15) -> str:
     return losses_markdown(results)
 
 
-def _machine_line(machine: Machine) -> str:
-    """The machine's sentence, without the load."""
-    return (
-        f"Machine: {machine.platform}, {machine.cpu_count} CPUs, "
-        f"{machine.torch_threads} torch threads, device {machine.device}"
-        + (f" ({machine.gpu})" if machine.gpu is not None else "")
-        + f", torch {machine.torch}, {machine.date}."
-    )
-
-
 def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[str]:
     """Title, machine and the models' description of a train or inference report."""
     machine, settings = results.machine, results.settings
@@ -69,7 +60,7 @@ def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[
     lines = [
         f"# {title}",
         "",
-        _machine_line(machine) + load,
+        describe_machine(machine) + load,
         "",
         f"Models: {settings.config}, K = {settings.num_classes}, random weights with "
         "batch-norm statistics calibrated on a noise image (so activations keep a trained "
@@ -369,66 +360,4 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
     ]
     lines += _targets_lines(results.entries)
     lines += _profiles_lines(results.profiles, profile_rows)
-    return "\n".join(lines)
-
-
-def losses_markdown(results: LossResults) -> str:
-    """
-    The losses report.
-
-    Args:
-        results: the losses benchmark's results.
-
-    Returns:
-        The Markdown.
-    """
-    machine, settings = results.machine, results.settings
-    lines = [
-        "# Classification loss: forward + backward",
-        "",
-        f"{settings.what}; fp32, K = {settings.num_classes}, γ = {settings.gamma}, "
-        f"α = {settings.alpha}; median of {settings.repeats} interleaved runs.",
-        _machine_line(machine)
-        + (
-            f" Load average at start / end: {machine.load_average_at_start[0]:.2f} / "
-            f"{machine.load_average_at_end[0]:.2f}."
-            if machine.load_average_at_end is not None
-            else ""
-        ),
-        "",
-        "Baselines follow Detectron2's RetinaNet: one-hot targets of the non-ignored anchors, then "
-        "the library's `sigmoid_focal_loss`. Speed-up: median time of `fvcore_jit` / median time "
-        "of the method. Extra memory: peak above the inputs, in units of one (R, K) fp32 tensor "
-        "(the gradient itself is one).",
-        "",
-    ]
-    for entry in results.sizes:
-        lines += [
-            f"## R = {entry.num_anchors:,} anchors × K = {entry.num_classes}",
-            "",
-            "| method | median ms | speed-up vs fvcore_jit | time / logits_copy "
-            "| extra memory (R×K fp32) | first call s |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for method, median in entry.median_s.items():
-            extra = entry.peak_extra_in_rk_fp32[method]
-            copy = entry.median_s.get("logits_copy")
-            lines.append(
-                f"| {method} | {median * 1e3:.1f} | {entry.speedup[method]:.2f}× | "
-                + ("n/a" if copy is None else f"{median / copy:.2f}")
-                + " | "
-                + ("n/a" if extra is None else f"{extra:.2f}")
-                + f" | {entry.first_call_s[method]:.2f} |"
-            )
-        lines.append("")
-        for target, met in entry.targets.items():
-            lines.append(f"- {target}: {'met' if met else 'NOT met'}")
-        lines.append("")
-    if results.compile_s_per_new_setting is not None:
-        lines.append(
-            "Compile time of the compiled kernel for a setting not used before in the process "
-            "(first call minus a warm call, compile caches off): "
-            + ", ".join(f"{k}: {v:.2f} s" for k, v in results.compile_s_per_new_setting.items())
-            + "."
-        )
     return "\n".join(lines)
