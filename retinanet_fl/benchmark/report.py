@@ -8,10 +8,13 @@ import statistics
 from typing import List, Optional, Sequence, Tuple, Union
 
 from .common import describe_machine
+from .common import format_ms as _ms
+from .exported import exported_lines
 from .loss_kernels import losses_markdown
 from .results import (
     DETECTRON2,
     OURS,
+    STAGES,
     BenchmarkResults,
     InferenceEntry,
     InferenceResults,
@@ -75,11 +78,6 @@ def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[
     return lines + [""]
 
 
-def _ms(seconds: float) -> str:
-    """Milliseconds, with a decimal below 100 ms."""
-    return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
-
-
 def _mib(value: Optional[float]) -> str:
     """Bytes in MiB, or n/a."""
     return "n/a" if value is None else f"{value / MIB:.0f}"
@@ -96,16 +94,16 @@ def _setting(entry: Union[TrainEntry, InferenceEntry]) -> str:
 
 
 def _paired_ratio_quartiles(
-    entry: Union[TrainEntry, InferenceEntry], other: str
+    entry: Union[TrainEntry, InferenceEntry], model: str, other: str
 ) -> Optional[Tuple[float, float]]:
     """
-    First and third quartiles of ours/other over the repeats: each repeat runs every model once,
+    First and third quartiles of model/other over the repeats: each repeat runs every model once,
     so its ratio is a paired measurement, and their spread shows how much the load moved it.
     """
-    ours, theirs = entry.times_s[OURS], entry.times_s[other]
-    if len(ours) < 2:
+    times, theirs = entry.times_s[model], entry.times_s[other]
+    if len(times) < 2:
         return None
-    quartiles = statistics.quantiles([a / b for a, b in zip(ours, theirs)], n=4)
+    quartiles = statistics.quantiles([a / b for a, b in zip(times, theirs)], n=4)
     return quartiles[0], quartiles[2]
 
 
@@ -122,14 +120,13 @@ def _targets_lines(entries: Sequence[Union[TrainEntry, InferenceEntry]]) -> List
         setting = f"{entry.image_size} px, batch {entry.batch_size}, {entry.precision}"
         for name, target in entry.targets.items():
             verdict = "met" if target.met else f"**missed by {target.missed_by:.3f}**"
-            quartiles = (
-                _paired_ratio_quartiles(entry, TIME_TARGET_MODELS[name])
-                if name in TIME_TARGET_MODELS
-                else None
-            )
+            model, other = TIME_TARGET_MODELS.get(name, (OURS, None))
+            quartiles = None if other is None else _paired_ratio_quartiles(entry, model, other)
             spread = "" if quartiles is None else f" [{quartiles[0]:.3f}–{quartiles[1]:.3f}]"
+            # Targets of ours against another model read "ours/other", as they always have.
+            ratio = "ours/other" if model == OURS else f"{model}/{other}"
             lines.append(
-                f"- {setting}, {name.replace('_', ' ')}: ours/other = {target.ratio:.3f}"
+                f"- {setting}, {name.replace('_', ' ')}: {ratio} = {target.ratio:.3f}"
                 f"{spread} (target {target.target}): {verdict}"
             )
     return lines + [""]
@@ -323,6 +320,8 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
     """
     settings = results.settings
     title = "Inference: FocalLossRetinaNet vs Detectron2 RetinaNet and torchvision"
+    if settings.exported is not None:
+        title += ", and exported"
     lines = _header(results, title)
     lines += [
         f"Forward: {settings.what}. torchvision: {settings.torchvision_model}, K = "
@@ -344,11 +343,14 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
             stages = e.stage_median_s[name]
             ratio = e.median_s[OURS] / e.median_s[name]
             detections = e.detections_per_image.get(name, [])
+            # Exported models run as one graph: their stages are not measured apart.
+            backbone, head, postprocess = (
+                "–" if stage not in stages else _ms(stages[stage]) for stage in STAGES
+            )
             lines.append(
                 f"{_setting(e)} {name} | "
                 f"{_ms(e.latency_per_image_s[name])} | {e.images_per_s[name]:.2f} | "
-                f"{ratio:.3f} | {_ms(stages['backbone'])} | {_ms(stages['head'])} | "
-                f"{_ms(stages['postprocess'])} | "
+                f"{ratio:.3f} | {backbone} | {head} | {postprocess} | "
                 f"{statistics.mean(detections) if detections else 0:.0f} | "
                 f"{_mib(e.peak_memory_bytes[name])} | "
                 f"{_mib((e.peak_allocated_bytes or {}).get(name))} |"
@@ -358,6 +360,7 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
         "Stage times are per batch; ms / image is the whole forward divided by the batch size.",
         "",
     ]
+    lines += exported_lines(results)
     lines += _targets_lines(results.entries)
     lines += _profiles_lines(results.profiles, profile_rows)
     return "\n".join(lines)
