@@ -15,11 +15,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .common import DEFAULT_OUTPUT_DIR, write_results
+from .exported import missing_packages
 from .fixtures import ModelOptions
 from .inference import benchmark_inference
-from .loss_kernels import LOSS_METHODS, benchmark_losses
-from .report import inference_markdown, losses_markdown, render, train_markdown
-from .results import load_results
+from .loss_kernels import LOSS_METHODS, benchmark_losses, losses_markdown
+from .report import inference_markdown, render, train_markdown
+from .results import EXPORTED_MODELS, ONNXRUNTIME, TORCHSCRIPT, load_results
 from .table1e import PLOT_NAME, benchmark_table1e, plot_table1e, table1e_markdown
 from .train import benchmark_train
 
@@ -121,6 +122,23 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="compare with Detectron2 only",
     )
+    parser.add_argument(
+        "--exported",
+        nargs="+",
+        choices=EXPORTED_MODELS,
+        default=None,
+        help="ours exported by retinanet_fl.export, run one image per call: torchscript "
+        "(torch.jit) and/or onnxruntime (ONNX Runtime, CPU execution provider, --threads intra-op "
+        "threads); default on the CPU: both (onnxruntime where onnx and onnxruntime are "
+        "installed), on CUDA: none",
+    )
+    parser.add_argument(
+        "--no-exported",
+        dest="exported",
+        action="store_const",
+        const=[],
+        help="compare the eager models only",
+    )
 
 
 def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOptions:
@@ -187,13 +205,52 @@ def run_train(args: argparse.Namespace) -> None:
     write_results("train", results, train_markdown(results, args.profile_rows), args.output_dir)
 
 
+def _exported_models(args: argparse.Namespace) -> List[str]:
+    """
+    The exported models to compare: the ones asked for, checked, or the default for the device.
+
+    Args:
+        args: the parsed inference options.
+
+    Returns:
+        Some of ``EXPORTED_MODELS``.
+    """
+    cpu = args.device == "cpu"
+    if args.exported is None:
+        if not cpu:
+            return []
+        missing = missing_packages([ONNXRUNTIME])
+        if missing:
+            print(
+                f"Not timing ONNX Runtime: {' and '.join(missing)} not installed "
+                "(pip install -e '.[export]', or make install).",
+                flush=True,
+            )
+            return [TORCHSCRIPT]
+        return list(EXPORTED_MODELS)
+    if args.exported and not cpu:
+        raise SystemExit(
+            f"--exported: the exported models run on the CPU, so they cannot be compared with "
+            f"models on --device {args.device}; pass --no-exported."
+        )
+    missing = missing_packages(args.exported)
+    if missing:
+        raise SystemExit(
+            f"--exported {' '.join(args.exported)} needs {' and '.join(missing)}: "
+            "pip install -e '.[export]' (or make install)."
+        )
+    return list(dict.fromkeys(args.exported))
+
+
 def run_inference(args: argparse.Namespace) -> None:
     """Run the inference benchmark and write its reports."""
+    options = _model_options(args, args.batch_sizes)
     results = benchmark_inference(
-        _model_options(args, args.batch_sizes),
+        options,
         batch_sizes=args.batch_sizes,
         score_thresh=args.score_thresh,
         torchvision=args.torchvision,
+        exported=_exported_models(args),
     )
     write_results(
         "inference", results, inference_markdown(results, args.profile_rows), args.output_dir
