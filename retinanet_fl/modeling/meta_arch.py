@@ -81,6 +81,8 @@ class FocalLossRetinaNet(DenseDetector):
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
         background_logit: bool = False,
+        channels_last: bool = False,
+        compile_dense: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
     ):
@@ -111,6 +113,10 @@ class FocalLossRetinaNet(DenseDetector):
             background_logit: the head predicts K + 1 logits per anchor, the last for background
                 (the softmax loss): scores are the softmax's K class probabilities, background
                 dropped; False: K logits, scores are their sigmoids.
+            channels_last: keep the backbone's and head's weights and the images in the
+                channels-last memory format.
+            compile_dense: compile the backbone and the head with ``torch.compile`` (labelling,
+                losses and post-processing stay eager); each new image size may recompile.
             pixel_mean, pixel_std: image normalisation, see :class:`DenseDetector`.
         """
         super().__init__(
@@ -143,6 +149,14 @@ class FocalLossRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.background_logit = background_logit
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self.head.to(memory_format=torch.channels_last)
+        if compile_dense:
+            # In place, so that parameter names (and checkpoints) stay those of the eager model.
+            self.backbone.compile()
+            self.head.compile()
         # A buffer, so that the moving average is saved in checkpoints and restored on resume.
         self.register_buffer("loss_normalizer_ema", torch.tensor(EMA_NORMALIZER_START))
 
@@ -182,9 +196,19 @@ class FocalLossRetinaNet(DenseDetector):
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "background_logit": cls_loss_has_background_logit(cfg),
+            "channels_last": cfg.MODEL.RETINANET_FL.CHANNELS_LAST,
+            "compile_dense": cfg.MODEL.RETINANET_FL.COMPILE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images = ImageList(
+                images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes
+            )
+        return images
 
     # ------------------------------------------------------------------------------------------
     # Training
