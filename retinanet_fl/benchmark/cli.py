@@ -73,7 +73,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         nargs="+",
         choices=PRECISIONS,
         default=None,
-        help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA",
+        help="fp32 and/or amp (autocast: bf16 on the CPU, fp16 on CUDA); default: fp32, plus "
+        "amp on CUDA",
     )
     parser.add_argument(
         "--loss-kernel",
@@ -91,6 +92,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         "--no-profile", dest="profile", action="store_false", help="skip the per-operator profile"
     )
     parser.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
+    parser.add_argument(
+        "--ours-opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides of our model alone, e.g. MODEL.RETINANET_FL.CHANNELS_LAST True",
+    )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,10 +164,6 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
     precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
-    if "amp" in precisions and not cuda:
-        raise SystemExit(
-            "--precisions amp is measured on CUDA only; pass --device cuda or drop amp."
-        )
     checks = [
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 1),
@@ -171,6 +175,8 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
             raise SystemExit(f"{option} must be at least {minimum}, got {value}.")
     if min(args.image_sizes) < 32 or min(batch_sizes) < 1:
         raise SystemExit("--image-sizes must be >= 32 px and batch sizes >= 1.")
+    if len(args.ours_opts) % 2:
+        raise SystemExit(f"--ours-opts takes KEY VALUE pairs, got {args.ours_opts}.")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelOptions)}
     return ModelOptions(**{**values, "precisions": precisions})
 

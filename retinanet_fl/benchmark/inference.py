@@ -301,7 +301,7 @@ def _build_models(
     cfg = detectron2_retinanet_cfg(
         options.depth, options.num_classes, score_thresh, options.loss_kernel, options.device
     )
-    models = build_detectron2_pair(cfg, options.seed + size_index, image_size)
+    models = build_detectron2_pair(cfg, options.seed + size_index, image_size, options.ours_opts)
     if torchvision:
         models[TORCHVISION] = build_torchvision_retinanet(
             options.depth,

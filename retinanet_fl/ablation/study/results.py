@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..collect import Spread
 from ...config import load_config
+from ..collect import Spread
 from ..regime import RegimeStats, read_regime, regime_stats, write_regime
 from ..runner import (
     FINISHED,
