@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from .common import describe_machine
 from .common import format_ms as _ms
+from .compiled import compile_markdown
 from .exported import exported_lines
 from .loss_kernels import losses_markdown
 from .results import (
@@ -16,6 +17,7 @@ from .results import (
     OURS,
     STAGES,
     BenchmarkResults,
+    CompileResults,
     InferenceEntry,
     InferenceResults,
     Profile,
@@ -48,6 +50,8 @@ def render(results: BenchmarkResults, profile_rows: int = 15) -> str:
         return inference_markdown(results, profile_rows)
     if isinstance(results, Table1eResults):
         return table1e_markdown(results)
+    if isinstance(results, CompileResults):
+        return compile_markdown(results)
     return losses_markdown(results)
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "LossResults",
     "Table1eEntry",
     "Table1eResults",
+    "CompileEntry",
+    "CompileResults",
     "BenchmarkResults",
     "optional",
     "to_json",
@@ -328,12 +330,45 @@ class Table1eResults:
     entries: List[Table1eEntry]
 
 
-BenchmarkResults = Union[TrainResults, InferenceResults, LossResults, Table1eResults]
+@dataclass
+class CompileEntry:
+    """One image of the compile benchmark: its first call in each model."""
+
+    height: int
+    width: int
+    eager_s: float
+    compiled_s: float
+    compiled_graphs: int  # graphs torch.compile built during the compiled model's call
+
+
+@dataclass
+class CompileResults:
+    """Everything the compile benchmark measured: ``compile.json``."""
+
+    benchmark: str
+    machine: Machine
+    config: str
+    min_short_side: int
+    max_short_side: int
+    max_size: int
+    steady_repeats: int
+    entries: List[CompileEntry]  # the first pass over the sizes, in order
+    steady_times_s: Dict[str, List[float]]  # model -> the later passes' seconds per image
+    steady_compiled_graphs: int  # graphs built during the later passes (sizes seen before)
+    steady_ratio_compiled_vs_eager: float  # ratio of the medians
+    compile_overhead_s: float  # first pass: compiled − eager, summed over the calls that compiled
+    break_even_images: Optional[float]  # overhead / per-image saving; None: no saving
+
+
+BenchmarkResults = Union[
+    TrainResults, InferenceResults, LossResults, Table1eResults, CompileResults
+]
 _RESULT_TYPES = {
     "train": TrainResults,
     "inference": InferenceResults,
     "losses": LossResults,
     "table1e": Table1eResults,
+    "compile": CompileResults,
 }
 
 
