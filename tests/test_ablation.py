@@ -299,7 +299,7 @@ def test_bad_sweep_files_and_options_give_clear_errors(tmp_path):
         load_preset("nope")
     with pytest.raises(ValueError, match="Unknown table"):
         load_sweeps(["9z"])
-    assert set(TABLE_FILES) == {"1a", "1b", "1c", "1d", "3", "prior"}
+    assert set(TABLE_FILES) == {"1a", "1b", "1c", "1d", "3", "prior", "beyond"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ class RowResult:
         row: the table row.
         run_dir: its run's folder.
         status: "finished", "failed", "running" (or interrupted) or "pending" (never started).
-        metrics: our ``{"AP", "AP50", "AP75"}`` if finished, else None.
+        metrics: our ``{"AP", "AP50", "AP75"}`` (and per-class ``AP-<class>``) if finished, else
+            None.
         error: why the run failed, or "".
         seed: the run's ``SEED`` in a multi-seed sweep, else None.
     """
@@ -122,17 +123,22 @@ class SeededRow:
 
 
 def _finished_values(results: Sequence[RowResult], metric: str) -> Dict[int, float]:
+    # A run whose metrics.json lacks the key (a per-class AP of an older run) is left out.
     return {
         r.seed: (0.0 if math.isnan(r.metrics[metric]) else r.metrics[metric])
         for r in results
-        if r.metrics is not None
+        if r.metrics is not None and metric in r.metrics
     }
 
 
-def summarize_seeds(results: Sequence[RowResult]) -> List[SeededRow]:
+def summarize_seeds(
+    results: Sequence[RowResult], extra_metrics: Sequence[str] = ()
+) -> List[SeededRow]:
     """
     Args:
         results: a multi-seed sweep's results (every result has a seed).
+        extra_metrics: keys of the runs' metrics summarized besides ``METRICS`` (e.g.
+            ``AP-blue_triangle``), with their paired differences too.
 
     Returns:
         one entry per row, in the table's order: mean and sd over seeds, and the paired
@@ -146,11 +152,11 @@ def summarize_seeds(results: Sequence[RowResult]) -> List[SeededRow]:
     rows = []
     for group in groups:
         vs_first = {}
-        for metric in METRICS:
+        for metric in (*METRICS, *extra_metrics):
             mine, reference = _finished_values(group, metric), _finished_values(first, metric)
             vs_first[metric] = Spread.of(
                 {seed: v - reference[seed] for seed, v in mine.items() if seed in reference}
             )
-        metrics = {m: Spread.of(_finished_values(group, m)) for m in METRICS}
+        metrics = {m: Spread.of(_finished_values(group, m)) for m in (*METRICS, *extra_metrics)}
         rows.append(SeededRow(group[0].row, tuple(group), metrics, vs_first))
     return rows

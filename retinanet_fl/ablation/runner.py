@@ -228,7 +228,8 @@ def read_eval_results(run_dir: Path) -> Optional[Dict[str, float]]:
 
     Returns:
         ``{"AP": ..., "AP50": ..., "AP75": ...}`` from the last line holding ``bbox/AP`` (COCO AP
-        in percent; NaN when the model detected nothing), or None if there is none.
+        in percent; NaN when the model detected nothing), with COCOEvaluator's per-category
+        ``AP-<class>`` where the line has them, or None if there is none.
     """
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
@@ -244,6 +245,13 @@ def read_eval_results(run_dir: Path) -> Optional[Dict[str, float]]:
                 metric: float(record.get(f"bbox/{metric}", "nan"))
                 for metric in ("AP", "AP50", "AP75")
             }
+            results.update(
+                {
+                    key[len("bbox/") :]: float(value)
+                    for key, value in record.items()
+                    if key.startswith("bbox/AP-")
+                }
+            )
     return results
 
 

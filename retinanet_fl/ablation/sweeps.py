@@ -3,8 +3,9 @@ Sweeps as data: one YAML per paper table under ``configs/ablations/``, and prese
 
 A table file names a base config, the overrides every row shares, and one entry per row: its
 name, its label, its cells in the paper's key columns, its own overrides and the paper's
-AP / AP50 / AP75. A preset (``configs/ablations/presets/NAME.yaml``) replaces the base config and
-the table's scale-dependent overrides (``BASE_OPTS``: backbone, weights) and may keep fewer rows.
+AP / AP50 / AP75 (a table beyond the paper may name extra metrics, such as one class's AP). A
+preset (``configs/ablations/presets/NAME.yaml``) replaces the base config and the table's
+scale-dependent overrides (``BASE_OPTS``: backbone, weights) and may keep fewer rows.
 """
 
 import dataclasses
@@ -26,7 +27,11 @@ TABLE_FILES: Dict[str, str] = {
     "1d": "table_1d.yaml",
     "3": "table_3.yaml",
     "prior": "prior.yaml",
+    "beyond": "table_beyond.yaml",
 }
+# What ``--table all`` runs: the paper's tables and the prior study, not the extensions beyond it
+# (``beyond`` needs its own long-tailed dataset and is run on its own).
+PAPER_TABLES: Tuple[str, ...] = ("1a", "1b", "1c", "1d", "3", "prior")
 METRICS: Tuple[str, ...] = ("AP", "AP50", "AP75")
 
 _SWEEP_KEYS = {
@@ -39,6 +44,7 @@ _SWEEP_KEYS = {
     "COLUMNS",
     "XLABEL",
     "ROWS",
+    "EXTRA_METRICS",
 }
 _ROW_KEYS = {"NAME", "LABEL", "COLUMNS", "OPTS", "PAPER", "PAPER_NOTE"}
 _PRESET_KEYS = {"DESCRIPTION", "BASE_CONFIG", "BASE_OPTS", "TABLES"}
@@ -84,6 +90,9 @@ class Sweep:
         rows: the variants, in the paper's order.
         preset: name of the preset applied, or "" for the paper's setting.
         preset_description: the preset's setting in a sentence, or "".
+        extra_metrics: (column header, key) pairs of metrics shown after AP / AP50 / AP75, the
+            key as in Detectron2's ``metrics.json`` without ``bbox/`` (e.g. ``AP-red_circle``,
+            COCOEvaluator's per-category AP).
     """
 
     table: str
@@ -97,6 +106,7 @@ class Sweep:
     rows: Tuple[SweepRow, ...]
     preset: str = ""
     preset_description: str = ""
+    extra_metrics: Tuple[Tuple[str, str], ...] = ()
 
     def run_opts(self, row: SweepRow) -> List[Any]:
         """
@@ -201,6 +211,22 @@ def _parse_row(data: Any, num_columns: int, where: str) -> SweepRow:
     )
 
 
+def _parse_extra_metrics(data: Any, where: str) -> Tuple[Tuple[str, str], ...]:
+    if data is None:
+        return ()
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
+    ):
+        raise ValueError(
+            f"{where}: EXTRA_METRICS must map column headers to metrics.json keys without "
+            f"'bbox/' (e.g. {{'AP rarest': 'AP-blue_triangle'}}), got {data!r}."
+        )
+    clashing = [v for v in data.values() if v in METRICS]
+    if clashing:
+        raise ValueError(f"{where}: EXTRA_METRICS repeats the standard metrics {clashing}.")
+    return tuple(data.items())
+
+
 def load_sweep(path: Path) -> Sweep:
     """
     Read one table's sweep.
@@ -234,6 +260,7 @@ def load_sweep(path: Path) -> Sweep:
         columns=columns,
         xlabel=str(data.get("XLABEL", columns[0])),
         rows=rows,
+        extra_metrics=_parse_extra_metrics(data.get("EXTRA_METRICS"), where),
     )
 
 
@@ -317,7 +344,7 @@ def load_sweeps(
     Read the sweeps of some tables.
 
     Args:
-        tables: table ids (keys of ``TABLE_FILES``), or ``["all"]``.
+        tables: table ids (keys of ``TABLE_FILES``), or ``["all"]`` (``PAPER_TABLES``).
         preset: a preset's name, or None for the paper's setting.
         base_config: if given, replaces every table's (and the preset's) base config.
         sweeps_dir: the folder holding the table files and ``presets/``.
@@ -326,7 +353,7 @@ def load_sweeps(
         the sweeps, in the order asked (the paper's order for ``all``).
     """
     if list(tables) == ["all"]:
-        tables = list(TABLE_FILES)
+        tables = list(PAPER_TABLES)
     unknown = [t for t in tables if t not in TABLE_FILES]
     if unknown:
         raise ValueError(f"Unknown table(s) {unknown}; choose from {list(TABLE_FILES)} or 'all'.")

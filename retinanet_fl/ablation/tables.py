@@ -1,7 +1,8 @@
 """
 A sweep's results in the paper's table layout: ``table_<id>.md``, ``.csv`` and ``.png``. Each row
 shows our AP / AP50 / AP75, the paper's, and ours minus the paper's (with several seeds: mean ± sd,
-each seed's AP and the paired difference to the first row); failed runs appear as failed with their
+each seed's AP and the paired difference to the first row; then the table's extra metrics, such
+as one class's AP); failed runs appear as failed with their
 error, runs not done yet as pending.
 """
 
@@ -27,10 +28,12 @@ def write_seeded_markdown(
     sweep: Sweep, results: Sequence[RowResult], path: Path, notes: Sequence[str] = ()
 ) -> None:
     """
-    A multi-seed table in Markdown: per row, AP / AP50 / AP75 as mean ± sd over seeds, each
-    seed's AP, the paired difference to the first row, and the paper's AP.
+    A multi-seed table in Markdown: per row, AP / AP50 / AP75 as mean ± sd over seeds, the
+    table's extra metrics (mean ± sd), each seed's AP, the paired difference to the first row,
+    and the paper's AP.
     """
-    seeded = summarize_seeds(results)
+    extra = sweep.extra_metrics
+    seeded = summarize_seeds(results, [key for _, key in extra])
     seeds = sorted({r.seed for r in results})
     first = seeded[0].row.columns if seeded else ()
     header = [
@@ -38,6 +41,7 @@ def write_seeded_markdown(
         "AP (mean ± sd)",
         "AP50",
         "AP75",
+        *(label for label, _ in extra),
         f"AP per seed ({' / '.join(map(str, seeds))})",
         f"ΔAP vs {' '.join(first)} (paired)",
         "paper AP",
@@ -61,6 +65,7 @@ def write_seeded_markdown(
                     entry.metrics["AP"].format(),
                     "–" if not entry.metrics["AP50"].n else f"{entry.metrics['AP50'].mean:.1f}",
                     "–" if not entry.metrics["AP75"].n else f"{entry.metrics['AP75'].mean:.1f}",
+                    *(entry.metrics[key].format() for _, key in extra),
                     _seeds_text(entry),
                     "–" if entry is seeded[0] or not delta.n else delta.format(signed=True),
                     _paper_cells(entry.row)[0],
@@ -83,13 +88,18 @@ def write_seeded_markdown(
 def write_seeded_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     """
     One line per row: key columns, row name, per metric mean, sd and n over seeds, the per-seed
-    APs, the paired AP difference to the first row (mean, sd, n) and the paper's AP.
+    APs, the paired AP difference to the first row (mean, sd, n) and the paper's AP; then per
+    extra metric its mean, sd, n and paired difference to the first row (mean, sd).
     """
+    extra = [key for _, key in sweep.extra_metrics]
     header = [*sweep.columns, "row"]
     for metric in METRICS:
         header += [f"{metric}_mean", f"{metric}_sd", f"{metric}_n"]
     header += ["AP_per_seed", "delta_AP_vs_first_mean", "delta_AP_vs_first_sd"]
     header += ["delta_AP_vs_first_n", "paper_AP"]
+    for key in extra:
+        header += [f"{key}_mean", f"{key}_sd", f"{key}_n"]
+        header += [f"delta_{key}_vs_first_mean", f"delta_{key}_vs_first_sd"]
 
     def cell(value: Optional[float]) -> str:
         return "" if value is None or math.isnan(value) else repr(round(value, 4))
@@ -97,7 +107,7 @@ def write_seeded_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> 
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for entry in summarize_seeds(results):
+        for entry in summarize_seeds(results, extra):
             line = [*entry.row.columns, entry.row.name]
             for metric in METRICS:
                 spread = entry.metrics[metric]
@@ -109,6 +119,10 @@ def write_seeded_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> 
             )
             delta = entry.vs_first["AP"]
             line += [cell(delta.mean), cell(delta.sd), delta.n, cell(entry.row.paper[0])]
+            for key in extra:
+                spread, paired = entry.metrics[key], entry.vs_first[key]
+                line += [cell(spread.mean), cell(spread.sd), spread.n]
+                line += [cell(paired.mean), cell(paired.sd)]
             writer.writerow(line)
 
 
@@ -124,10 +138,10 @@ def _signed(value: Optional[float]) -> str:
     return f"{value:+.1f}"
 
 
-def _our_cells(result: RowResult) -> List[str]:
+def _our_cells(result: RowResult, extra: Sequence[str] = ()) -> List[str]:
     if result.metrics is not None:
-        return [_number(result.metrics[m]) for m in METRICS]
-    return [result.status] + ["–"] * (len(METRICS) - 1)
+        return [_number(result.metrics.get(m)) for m in (*METRICS, *extra)]
+    return [result.status] + ["–"] * (len(METRICS) + len(extra) - 1)
 
 
 def _paper_cells(row: SweepRow) -> List[str]:
@@ -178,9 +192,11 @@ def write_markdown(
         path: the ``.md`` file.
         notes: lines printed under the setting (e.g. the overrides of every run).
     """
+    extra = [key for _, key in sweep.extra_metrics]
     header = [
         *sweep.columns,
         *METRICS,
+        *(label for label, _ in sweep.extra_metrics),
         *(f"paper {m}" for m in METRICS),
         *(f"Δ{m}" for m in METRICS),
     ]
@@ -189,7 +205,7 @@ def write_markdown(
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = _best_index(results)
     for index, result in enumerate(results):
-        ours = _our_cells(result)
+        ours = _our_cells(result, extra)
         if index == best:
             ours[0] = f"**{ours[0]}**"
         deltas = [_signed(result.delta(i)) for i in range(len(METRICS))]
@@ -224,11 +240,13 @@ def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     def cell(value: Optional[float]) -> str:
         return "" if value is None else repr(round(value, 4))
 
+    extra = [key for _, key in sweep.extra_metrics]
     header = [
         *sweep.columns,
         "row",
         "status",
         *METRICS,
+        *extra,
         *(f"paper_{m}" for m in METRICS),
         *(f"delta_{m}" for m in METRICS),
         "paper_note",
@@ -239,7 +257,7 @@ def write_csv(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for result in results:
-            ours = [result.metrics[m] if result.metrics else None for m in METRICS]
+            ours = [result.metrics.get(m) if result.metrics else None for m in (*METRICS, *extra)]
             writer.writerow(
                 [
                     *result.row.columns,
@@ -264,7 +282,12 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    seeded = summarize_seeds(results) if any(r.seed is not None for r in results) else None
+    extra = sweep.extra_metrics
+    seeded = (
+        summarize_seeds(results, [key for _, key in extra])
+        if any(r.seed is not None for r in results)
+        else None
+    )
     if seeded is not None:
         results = [entry.results[0] for entry in seeded]
     positions = list(range(len(results)))
@@ -287,7 +310,20 @@ def plot_table(sweep: Sweep, results: Sequence[RowResult], path: Path) -> None:
             color="tab:blue",
             label="ours, mean ± sd over seeds" + (f" ({sweep.preset})" if sweep.preset else ""),
         )
-    elif ours:
+    if seeded is not None:
+        # The extra metrics (e.g. the rarest class's AP) beside AP, each with its spread.
+        for (label, key), style in zip(extra, ("s--", "^:", "v-.", "D--")):
+            points = [(i, e.metrics[key]) for i, e in enumerate(seeded) if e.metrics[key].n]
+            if points:
+                ax.errorbar(
+                    [i for i, _ in points],
+                    [p.mean for _, p in points],
+                    yerr=[0.0 if math.isnan(p.sd) else p.sd for _, p in points],
+                    fmt=style,
+                    capsize=3,
+                    label=label,
+                )
+    if ours and seeded is None:
         ax.plot(
             *zip(*ours),
             "o-",

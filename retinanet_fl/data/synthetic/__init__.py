@@ -9,7 +9,8 @@ The dataset is generated with the default sizes the first time one of them is lo
 
 It also registers the variants of ``SYNTHETIC_VARIANTS`` (the imbalance study of
 ``docs/REPRODUCTION.md``): ``synthetic_<variant>_{train,val}`` at
-``$DETECTRON2_DATASETS/synthetic_<variant>``, also generated on first use.
+``$DETECTRON2_DATASETS/synthetic_<variant>``, also generated on first use, and the long-tailed
+variants of ``SYNTHETIC_LONGTAIL_VARIANTS`` (the ``beyond`` ablation table) the same way.
 """
 
 import functools
@@ -29,6 +30,7 @@ from .generate import (
     ensure_synthetic_coco,
     generate_synthetic_coco,
     is_synthetic_coco_complete,
+    long_tail_class_probs,
     synthetic_split_paths,
 )
 
@@ -44,6 +46,8 @@ __all__ = [
     "register_synthetic_coco",
     "SYNTHETIC_VARIANTS",
     "SYNTHETIC_CANVAS_VARIANTS",
+    "SYNTHETIC_LONGTAIL_VARIANTS",
+    "long_tail_class_probs",
 ]
 
 DEFAULT_SYNTHETIC_ROOT = os.path.join(
@@ -122,6 +126,12 @@ SYNTHETIC_VARIANTS: Dict[str, Dict] = {
 SYNTHETIC_CANVAS_VARIANTS: Dict[str, Dict] = {
     "obj1_320": dict(objects_per_image=(1, 1), image_size=320, max_object_size=80.0),
 }
+# The default layout with training classes spanning 1:50, red_circle most and blue_triangle least
+# frequent (geometric decay; ~1.1 % of the training objects are blue triangles, about 30 in 800
+# images), and balanced validation: the per-class α and softmax study (``--table beyond``).
+SYNTHETIC_LONGTAIL_VARIANTS: Dict[str, Dict] = {
+    "longtail50": dict(long_tail_ratio=50.0),
+}
 VARIANT_NUM_VAL = 300
 
 register_synthetic_coco(
@@ -131,7 +141,11 @@ register_synthetic_coco(
     image_size=DEFAULT_IMAGE_SIZE,
     seed=DEFAULT_SEED,
 )
-for _variant, _layout in {**SYNTHETIC_VARIANTS, **SYNTHETIC_CANVAS_VARIANTS}.items():
+for _variant, _layout in {
+    **SYNTHETIC_VARIANTS,
+    **SYNTHETIC_CANVAS_VARIANTS,
+    **SYNTHETIC_LONGTAIL_VARIANTS,
+}.items():
     register_synthetic_coco(
         f"{DEFAULT_SYNTHETIC_ROOT}_{_variant}",
         prefix=f"synthetic_{_variant}",

@@ -1,7 +1,9 @@
 """``python -m retinanet_fl.data.synthetic --out DIR``: write the synthetic COCO-format dataset."""
 
 import argparse
+import collections
 import json
+import math
 import time
 from typing import List, Optional
 
@@ -54,7 +56,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         default=None,
         help="largest object diameter in pixels (default: half the image size)",
     )
+    parser.add_argument(
+        "--long-tail",
+        type=float,
+        default=None,
+        metavar="RATIO",
+        help="long-tailed training split: class frequencies decay geometrically over the classes, "
+        "the first (red_circle) RATIO times as frequent as the last (blue_triangle); validation "
+        "stays balanced (default: balanced)",
+    )
     args = parser.parse_args(argv)
+    if args.long_tail is not None and not (math.isfinite(args.long_tail) and args.long_tail >= 1):
+        parser.error(f"--long-tail RATIO must be a finite number >= 1, got {args.long_tail:g}.")
 
     start = time.perf_counter()
     try:
@@ -67,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             objects_per_image=None if args.objects is None else tuple(args.objects),
             distractors_per_image=args.distractors,
             max_object_size=args.max_object_size,
+            long_tail_ratio=args.long_tail,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -79,6 +93,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             f"{split}: {len(dataset['images'])} images in {image_root}, "
             f"{len(dataset['annotations'])} objects in {json_file}"
         )
+        if args.long_tail is not None:
+            counts = collections.Counter(a["category_id"] for a in dataset["annotations"])
+            print(
+                "  objects per class: "
+                + ", ".join(f"{c['name']} {counts[c['id']]}" for c in dataset["categories"])
+            )
     print(f"Generated in {seconds:.1f} s.")
 
 

@@ -1,12 +1,15 @@
 """
 Writing the synthetic shapes dataset in COCO's format (images drawn by :mod:`.render`): 0 to
 ``MAX_OBJECTS_PER_IMAGE`` objects per image (or a fixed range, ``objects_per_image``), written
-atomically. Every image is drawn from its own random stream, seeded by (seed, split, index), so an
-image does not depend on how many come before it.
+atomically. With a long-tail ratio, the training split's classes follow a geometric decay (see
+:func:`long_tail_class_probs`) while validation stays balanced. Every image is drawn from its own
+random stream, seeded by (seed, split, index), so an image does not depend on how many come
+before it.
 """
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +27,7 @@ __all__ = [
     "ensure_synthetic_coco",
     "synthetic_split_paths",
     "is_synthetic_coco_complete",
+    "long_tail_class_probs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,43 @@ def _check_int_at_least(name: str, value: int, minimum: int) -> None:
         )
 
 
+def _check_long_tail_ratio(ratio: Optional[float]) -> Optional[float]:
+    if ratio is None:
+        return None
+    if (
+        not isinstance(ratio, (int, float, np.number))
+        or isinstance(ratio, bool)
+        or not math.isfinite(ratio)
+        or ratio < 1
+    ):
+        raise ValueError(
+            "Synthetic dataset: the long-tail ratio (--long-tail) must be a finite number >= 1 "
+            f"(most / least frequent class), got {ratio!r}."
+        )
+    return float(ratio)
+
+
+def long_tail_class_probs(ratio: float, num_classes: int = len(SYNTHETIC_CLASSES)) -> np.ndarray:
+    """
+    Class frequencies of a long-tailed training split: a geometric (exponential) decay from the
+    first class of ``SYNTHETIC_CLASSES`` (most frequent) to the last (rarest),
+    p_i ∝ ratio^(-i / (K - 1)), so that p_0 / p_(K-1) = ratio and neighbours differ by the same
+    factor. Geometric rather than linear so that every class is rarer than the one before by the
+    same factor, as in the long-tailed benchmarks (e.g. CIFAR-LT of Cui et al., CVPR 2019).
+
+    Args:
+        ratio: most / least frequent class, >= 1 (1: balanced).
+        num_classes: K >= 2.
+
+    Returns:
+        (K,) float64 probabilities summing to 1.
+    """
+    ratio = _check_long_tail_ratio(ratio)
+    _check_int_at_least("num_classes", num_classes, 2)
+    weights = ratio ** (-np.arange(num_classes) / (num_classes - 1))
+    return weights / weights.sum()
+
+
 def _write_split(
     out_dir: str,
     split: str,
@@ -75,15 +116,20 @@ def _write_split(
     objects_per_image: Optional[Tuple[int, int]],
     distractors_per_image: float,
     max_object_size: Optional[float],
+    long_tail_ratio: Optional[float] = None,
 ) -> int:
-    """Render one split into ``out_dir``; returns the number of annotations."""
+    """
+    Render one split into ``out_dir``; returns the number of annotations. ``long_tail_ratio``
+    skews the classes of this split (None: balanced).
+    """
+    class_probs = None if long_tail_ratio is None else long_tail_class_probs(long_tail_ratio)
     json_file, image_root = synthetic_split_paths(out_dir, split)
     os.makedirs(image_root, exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, split_index, index]))
         image, objects = render_image(
-            rng, image_size, objects_per_image, distractors_per_image, max_object_size
+            rng, image_size, objects_per_image, distractors_per_image, max_object_size, class_probs
         )
         file_name = f"{index + 1:06d}.jpg"
         path = os.path.join(image_root, file_name)
@@ -123,6 +169,7 @@ def _write_split(
             "objects_per_image": None if objects_per_image is None else list(objects_per_image),
             "distractors_per_image": distractors_per_image,
             "max_object_size": max_object_size,
+            "long_tail_ratio": long_tail_ratio,
         },
         "licenses": [],
         "images": images,
@@ -180,6 +227,7 @@ def _render_to_temp(
     objects_per_image: Optional[Tuple[int, int]],
     distractors_per_image: float,
     max_object_size: Optional[float],
+    long_tail_ratio: Optional[float] = None,
 ) -> str:
     """Render the dataset into a new hidden folder beside ``out_dir`` (same file system: rename)."""
     _check_int_at_least("num_train", num_train, 1)
@@ -189,6 +237,7 @@ def _render_to_temp(
     objects_per_image = _check_layout(
         objects_per_image, distractors_per_image, max_object_size, image_size
     )
+    long_tail_ratio = _check_long_tail_ratio(long_tail_ratio)
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -205,6 +254,9 @@ def _render_to_temp(
                 objects_per_image,
                 float(distractors_per_image),
                 None if max_object_size is None else float(max_object_size),
+                # Only training is long-tailed: a balanced validation split measures every class
+                # on as many objects.
+                long_tail_ratio if split == "train" else None,
             )
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -236,6 +288,7 @@ def generate_synthetic_coco(
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
     max_object_size: Optional[float] = None,
+    long_tail_ratio: Optional[float] = None,
 ) -> str:
     """
     Write the synthetic dataset to ``out_dir`` in COCO's format, replacing an earlier one there:
@@ -255,6 +308,9 @@ def generate_synthetic_coco(
         distractors_per_image: mean of the Poisson number of distractors per image (clutter).
         max_object_size: the largest object diameter in pixels; None: half the image. Fixed, it
             keeps the objects' sizes when the canvas grows (more negatives per positive).
+        long_tail_ratio: None: balanced classes; a number >= 1: the training split's class
+            frequencies decay geometrically over ``SYNTHETIC_CLASSES`` from the first to the last,
+            spanning 1:ratio (:func:`long_tail_class_probs`); validation stays balanced.
 
     Returns:
         ``out_dir``.
@@ -269,6 +325,7 @@ def generate_synthetic_coco(
         objects_per_image,
         distractors_per_image,
         max_object_size,
+        long_tail_ratio,
     )
     old_dir = None
     try:
@@ -297,6 +354,7 @@ def ensure_synthetic_coco(
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
     max_object_size: Optional[float] = None,
+    long_tail_ratio: Optional[float] = None,
 ) -> str:
     """
     Generate the synthetic dataset at ``out_dir`` unless it is already complete there. Safe when
@@ -306,7 +364,8 @@ def ensure_synthetic_coco(
     Args:
         out_dir: the dataset's folder.
         num_train, num_val, image_size, seed, objects_per_image, distractors_per_image,
-            max_object_size: as in :func:`generate_synthetic_coco`, used only when generating.
+            max_object_size, long_tail_ratio: as in :func:`generate_synthetic_coco`, used only
+            when generating.
 
     Returns:
         ``out_dir``.
@@ -323,6 +382,7 @@ def ensure_synthetic_coco(
         objects_per_image,
         distractors_per_image,
         max_object_size,
+        long_tail_ratio,
     )
     try:
         # rename() replaces a missing or empty folder atomically and fails on a non-empty one.

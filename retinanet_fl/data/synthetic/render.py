@@ -180,6 +180,7 @@ def render_image(
     objects_per_image: Optional[Tuple[int, int]] = None,
     distractors_per_image: float = DISTRACTORS_PER_IMAGE,
     max_object_size: Optional[float] = None,
+    class_probs: Optional[np.ndarray] = None,
 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """
     Args:
@@ -190,6 +191,8 @@ def render_image(
             ``MAX_OBJECTS_PER_IMAGE``). Objects that find no free place are left out.
         distractors_per_image: Poisson mean of the number of distractors.
         max_object_size: largest object (and distractor) diameter; None: half the image.
+        class_probs: (K,) probability of each class of ``SYNTHETIC_CLASSES`` for an object; None:
+            uniform (drawn as before, so the balanced datasets' images do not change).
 
     Returns:
         the (H, W, 3) uint8 RGB image and, for each object, (category_id, (H, W) bool visible mask).
@@ -213,7 +216,10 @@ def render_image(
     for item_is_object in is_object:
         size = float(np.exp(rng.uniform(np.log(min_size), np.log(max_size))))
         if item_is_object:
-            category_index = int(rng.integers(len(SYNTHETIC_CLASSES)))
+            if class_probs is None:
+                category_index = int(rng.integers(len(SYNTHETIC_CLASSES)))
+            else:
+                category_index = int(rng.choice(len(SYNTHETIC_CLASSES), p=class_probs))
             colour_name, shape = SYNTHETIC_CLASSES[category_index].split("_")
             rgb = CLASS_COLORS[colour_name]
         elif rng.random() < 0.5:
