@@ -20,7 +20,7 @@ from retinanet_fl.config import load_config
 from retinanet_fl.data.synthetic import register_synthetic_coco
 from retinanet_fl.engine import AtomicCheckpointer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "configs" / "synthetic" / "retinanet_R18_FPN_synthetic.yaml"
 
 
