@@ -38,7 +38,7 @@ from .loss_normalizer import (
     num_pos_normalizer,
     put_scalar,
 )
-from .matching import build_anchor_matcher, match_anchors
+from .matching import build_anchor_matcher, label_anchors
 from .postprocess import class_scores, drop_non_finite_boxes
 
 __all__ = ["FocalLossRetinaNet"]
@@ -242,35 +242,13 @@ class FocalLossRetinaNet(DenseDetector):
             list[Tensor]: N tensors ``(R, 4)``, the matched GT box of each anchor (meaningful for
                 foreground anchors only).
         """
-        anchors = Boxes.cat(anchors)
-        gt_labels, matched_gt_boxes = [], []
-        for gt_per_image in gt_instances:
-            if len(gt_per_image) == 0:
-                gt_labels.append(
-                    torch.full(
-                        (len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device
-                    )
-                )
-                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
-                continue
-            self._check_gt_classes(gt_per_image.gt_classes)
-            matched_idxs, match_labels = match_anchors(
-                gt_per_image.gt_boxes, anchors, self.anchor_matcher, self.iou_chunk_size
-            )
-            labels = gt_per_image.gt_classes[matched_idxs]
-            labels[match_labels == 0] = self.num_classes
-            labels[match_labels == -1] = -1
-            gt_labels.append(labels)
-            matched_gt_boxes.append(gt_per_image.gt_boxes.tensor[matched_idxs])
-        return torch.stack(gt_labels), matched_gt_boxes
-
-    def _check_gt_classes(self, gt_classes: Tensor) -> None:
-        if gt_classes.min() < 0 or gt_classes.max() >= self.num_classes:
-            raise ValueError(
-                f"Ground-truth class ids must be in [0, MODEL.RETINANET.NUM_CLASSES = "
-                f"{self.num_classes}), got ids from {gt_classes.min().item()} to "
-                f"{gt_classes.max().item()}; set NUM_CLASSES to the dataset's number of classes."
-            )
+        return label_anchors(
+            Boxes.cat(anchors),
+            gt_instances,
+            self.anchor_matcher,
+            self.num_classes,
+            self.iou_chunk_size,
+        )
 
     def losses(
         self,
