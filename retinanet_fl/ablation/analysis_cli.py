@@ -28,14 +28,22 @@ def _figure1_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model's config: ``--config-file`` and ``KEY VALUE`` overrides after the options."""
+    parser.add_argument("--config-file", required=True, help="the model's config")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+
+
 def _figure4_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retinanet_fl.ablation figure4",
         description="Cumulative distribution of a trained model's normalized loss over positive "
-        "and negative "
-        "samples for several γ (the paper's Figure 4).",
+        "and negative samples for several γ (the paper's Figure 4).",
     )
-    parser.add_argument("--config-file", required=True, help="the model's config")
     parser.add_argument(
         "--num-images", type=int, default=50, help="images of DATASETS.TEST[0] to use"
     )
@@ -43,11 +51,7 @@ def _figure4_parser() -> argparse.ArgumentParser:
         "--max-negatives", type=int, default=10_000_000, help="negative samples kept, at most"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT_DIR / "figure4.png")
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
-    )
+    _add_model_config_arguments(parser)
     return parser
 
 
@@ -59,7 +63,6 @@ def _stats_parser() -> argparse.ArgumentParser:
         "MODEL.WEIGHTS, the share of the negatives' CE loss carried by easy negatives "
         "(p < 0.1).",
     )
-    parser.add_argument("--config-file", required=True, help="the model's config")
     parser.add_argument(
         "--dataset", default=None, help="a registered dataset (default: DATASETS.TRAIN[0])"
     )
@@ -73,11 +76,7 @@ def _stats_parser() -> argparse.ArgumentParser:
         help="count the anchors of one blank H x W image instead (no dataset needed, e.g. COCO)",
     )
     parser.add_argument("--output", type=Path, default=None, help="also write the figures as JSON")
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides, e.g. MODEL.WEIGHTS model_final.pth",
-    )
+    _add_model_config_arguments(parser)
     return parser
 
 
