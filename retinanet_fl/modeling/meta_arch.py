@@ -113,7 +113,7 @@ class FocalLossRetinaNet(DenseDetector):
             background_logit: the head predicts K + 1 logits per anchor, the last for background
                 (the softmax loss): scores are the softmax's K class probabilities, background
                 dropped; False: K logits, scores are their sigmoids.
-            channels_last: keep the backbone's and head's weights and the images in the
+            channels_last: keep the backbone's and head's weights (hence their activations) in the
                 channels-last memory format.
             compile_dense: compile the backbone and the head with ``torch.compile`` (labelling,
                 losses and post-processing stay eager); each new image size may recompile.
@@ -149,8 +149,9 @@ class FocalLossRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.background_logit = background_logit
-        self.channels_last = channels_last
         if channels_last:
+            # The images need no conversion: a convolution with channels-last weights gives
+            # channels-last outputs, so every layer after the stem runs in that format.
             self.backbone.to(memory_format=torch.channels_last)
             self.head.to(memory_format=torch.channels_last)
         if compile_dense:
@@ -201,14 +202,6 @@ class FocalLossRetinaNet(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
-
-    def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
-        images = super().preprocess_image(batched_inputs)
-        if self.channels_last:
-            images = ImageList(
-                images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes
-            )
-        return images
 
     # ------------------------------------------------------------------------------------------
     # Training

@@ -33,6 +33,8 @@ def test_channels_last_trains_and_detects_like_the_default_layout():
         memory_format=torch.channels_last
     )
     assert nhwc.head.cls_score.weight.is_contiguous(memory_format=torch.channels_last)
+    features = nhwc.backbone(nhwc.preprocess_image(make_batch(0)).tensor)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
 
     batch = make_batch(1)
     with EventStorage():
