@@ -79,6 +79,12 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL.LOSS_NORMALIZER = "ema"
     _C.MODEL.RETINANET_FL.LOSS_NORMALIZER_MOMENTUM = 0.9
 
+    # Speed (benchmarks/results/): run the backbone, FPN and head in the channels-last memory format
+    # (NHWC, which oneDNN and cuDNN convolutions prefer), and/or compile them with torch.compile
+    # (the first batch of each new image size pays the compile; see docs/BENCHMARKS.md).
+    _C.MODEL.RETINANET_FL.CHANNELS_LAST = False
+    _C.MODEL.RETINANET_FL.COMPILE = False
+
     # "SGD" (Detectron2's and the paper's, with SOLVER.MOMENTUM) or "AdamW" (β = SOLVER.ADAM_BETAS),
     # which trains a model from scratch in far fewer iterations (the synthetic demo).
     _C.SOLVER.OPTIMIZER = "SGD"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks and benchmarks, in one command (make gpu-check): about 8 minutes on one GPU.
-# Writes benchmarks/results/gpu/{train,inference,table1e}.{json,md}.
+# Writes benchmarks/results/gpu/{train,inference,table1e,compile}.{json,md}.
 set -euo pipefail
 PY=${1:-python}
 OUT=benchmarks/results/gpu
@@ -17,4 +17,6 @@ fi
 "$PY" -m retinanet_fl.benchmark train --device cuda --image-sizes 800 --batch-size 8 --output-dir "$OUT"
 "$PY" -m retinanet_fl.benchmark inference --device cuda --image-sizes 800 --batch-sizes 1 8 --output-dir "$OUT"
 "$PY" -m retinanet_fl.benchmark table1e --device cuda --output-dir "$OUT"
+# MODEL.RETINANET_FL.COMPILE against eager over COCO-like sizes: compiles, overhead, break-even.
+"$PY" -m retinanet_fl.benchmark compile --device cuda --num-images 8 --output-dir "$OUT"
 echo "gpu-check: all CUDA checks passed; reports in $OUT/"

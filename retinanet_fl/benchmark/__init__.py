@@ -7,15 +7,17 @@ Each benchmark writes ``<name>.json`` (every measurement and the machine it ran 
 Timings are medians over interleaved repeats, and ratios are taken between methods of the same
 run, so a machine shared with other work skews them less than it skews absolute numbers.
 
-* ``losses`` (:mod:`.loss_kernels`): the classification loss alone, ours against fvcore's and
-  torchvision's.
+* ``losses`` (:mod:`.loss_kernels`, with its report): the classification loss alone, ours against
+  fvcore's and torchvision's.
 * ``train`` (:mod:`.train`) and ``inference`` (:mod:`.inference`): ``FocalLossRetinaNet`` against
   Detectron2's ``RetinaNet`` (same config, identical weights) and, for inference, torchvision's
-  RetinaNet; the models and inputs are built by :mod:`.fixtures`.
+  RetinaNet and our model exported to TorchScript and ONNX (:mod:`.exported`); the models and
+  inputs are built by :mod:`.fixtures`.
+* ``table1e`` (:mod:`.table1e`, with its report and plot): the paper's speed/accuracy table.
 
 The results are the dataclasses of :mod:`.results`, their pass/fail targets are in
-:mod:`.targets`, the measurement helpers in :mod:`.common`, the Markdown in :mod:`.report` and
-the command line in :mod:`.cli`.
+:mod:`.targets`, the measurement helpers in :mod:`.common`, the train and inference Markdown in
+:mod:`.report` and the command line in :mod:`.cli`.
 """
 
 from .cli import BENCHMARKS, build_parser, main

@@ -15,11 +15,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .common import DEFAULT_OUTPUT_DIR, write_results
+from .compiled import benchmark_compile, coco_like_sizes, compile_markdown
+from .exported import missing_packages
 from .fixtures import ModelOptions
 from .inference import benchmark_inference
-from .loss_kernels import LOSS_METHODS, benchmark_losses
-from .report import inference_markdown, losses_markdown, render, train_markdown
-from .results import load_results
+from .loss_kernels import LOSS_METHODS, benchmark_losses, losses_markdown
+from .report import inference_markdown, render, train_markdown
+from .results import EXPORTED_MODELS, ONNXRUNTIME, TORCHSCRIPT, load_results
 from .table1e import PLOT_NAME, benchmark_table1e, plot_table1e, table1e_markdown
 from .train import benchmark_train
 
@@ -72,7 +74,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         nargs="+",
         choices=PRECISIONS,
         default=None,
-        help="fp32 and/or amp (CUDA only); default: fp32, plus amp on CUDA",
+        help="fp32 and/or amp (autocast: bf16 on the CPU, fp16 on CUDA); default: fp32, plus "
+        "amp on CUDA",
     )
     parser.add_argument(
         "--loss-kernel",
@@ -90,6 +93,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         "--no-profile", dest="profile", action="store_false", help="skip the per-operator profile"
     )
     parser.add_argument("--profile-rows", type=int, default=15, help="operators in the report")
+    parser.add_argument(
+        "--ours-opts",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides of our model alone, e.g. MODEL.RETINANET_FL.CHANNELS_LAST True",
+    )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +131,23 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="compare with Detectron2 only",
     )
+    parser.add_argument(
+        "--exported",
+        nargs="+",
+        choices=EXPORTED_MODELS,
+        default=None,
+        help="ours exported by retinanet_fl.export, run one image per call: torchscript "
+        "(torch.jit) and/or onnxruntime (ONNX Runtime, CPU execution provider, --threads intra-op "
+        "threads); default on the CPU: both (onnxruntime where onnx and onnxruntime are "
+        "installed), on CUDA: none",
+    )
+    parser.add_argument(
+        "--no-exported",
+        dest="exported",
+        action="store_const",
+        const=[],
+        help="compare the eager models only",
+    )
 
 
 def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOptions:
@@ -138,10 +165,6 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
     precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
-    if "amp" in precisions and not cuda:
-        raise SystemExit(
-            "--precisions amp is measured on CUDA only; pass --device cuda or drop amp."
-        )
     checks = [
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 1),
@@ -153,6 +176,8 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
             raise SystemExit(f"{option} must be at least {minimum}, got {value}.")
     if min(args.image_sizes) < 32 or min(batch_sizes) < 1:
         raise SystemExit("--image-sizes must be >= 32 px and batch sizes >= 1.")
+    if len(args.ours_opts) % 2:
+        raise SystemExit(f"--ours-opts takes KEY VALUE pairs, got {args.ours_opts}.")
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelOptions)}
     return ModelOptions(**{**values, "precisions": precisions})
 
@@ -187,17 +212,95 @@ def run_train(args: argparse.Namespace) -> None:
     write_results("train", results, train_markdown(results, args.profile_rows), args.output_dir)
 
 
+def _exported_models(args: argparse.Namespace) -> List[str]:
+    """
+    The exported models to compare: the ones asked for, checked, or the default for the device.
+
+    Args:
+        args: the parsed inference options.
+
+    Returns:
+        Some of ``EXPORTED_MODELS``.
+    """
+    cpu = args.device == "cpu"
+    if args.exported is None:
+        if not cpu:
+            return []
+        missing = missing_packages([ONNXRUNTIME])
+        if missing:
+            print(
+                f"Not timing ONNX Runtime: {' and '.join(missing)} not installed "
+                "(pip install -e '.[export]', or make install).",
+                flush=True,
+            )
+            return [TORCHSCRIPT]
+        return list(EXPORTED_MODELS)
+    if args.exported and not cpu:
+        raise SystemExit(
+            f"--exported: the exported models run on the CPU, so they cannot be compared with "
+            f"models on --device {args.device}; pass --no-exported."
+        )
+    missing = missing_packages(args.exported)
+    if missing:
+        raise SystemExit(
+            f"--exported {' '.join(args.exported)} needs {' and '.join(missing)}: "
+            "pip install -e '.[export]' (or make install)."
+        )
+    return list(dict.fromkeys(args.exported))
+
+
 def run_inference(args: argparse.Namespace) -> None:
     """Run the inference benchmark and write its reports."""
+    options = _model_options(args, args.batch_sizes)
     results = benchmark_inference(
-        _model_options(args, args.batch_sizes),
+        options,
         batch_sizes=args.batch_sizes,
         score_thresh=args.score_thresh,
         torchvision=args.torchvision,
+        exported=_exported_models(args),
     )
     write_results(
         "inference", results, inference_markdown(results, args.profile_rows), args.output_dir
     )
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
+    """The compile benchmark's options."""
+    parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101])
+    parser.add_argument("--num-images", type=int, default=12, help="image sizes drawn")
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        nargs=2,
+        default=[640, 800],
+        metavar=("MIN", "MAX"),
+        help="range of the short side, px (Detectron2's COCO training sizes)",
+    )
+    parser.add_argument("--max-size", type=int, default=1333, help="cap of the long side, px")
+    parser.add_argument("--steady-repeats", type=int, default=2, help="passes after the first")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+
+
+def run_compile(args: argparse.Namespace) -> None:
+    """Run the compile benchmark and write its report."""
+    low, high = args.short_side
+    if not 32 <= low <= high <= args.max_size or args.num_images < 1 or args.steady_repeats < 1:
+        raise SystemExit(
+            "--short-side MIN MAX needs 32 <= MIN <= MAX <= --max-size, and --num-images and "
+            f"--steady-repeats >= 1; got {args.short_side}, {args.max_size}, {args.num_images}, "
+            f"{args.steady_repeats}."
+        )
+    torch.set_num_threads(args.threads)
+    sizes = coco_like_sizes(args.num_images, low, high, args.max_size, args.seed)
+    results = benchmark_compile(
+        depth=args.depth,
+        sizes=sizes,
+        steady_repeats=args.steady_repeats,
+        device=args.device,
+        seed=args.seed,
+        size_range=(low, high, args.max_size),
+    )
+    write_results("compile", results, compile_markdown(results), args.output_dir)
 
 
 def add_table1e_arguments(parser: argparse.ArgumentParser) -> None:
@@ -240,6 +343,7 @@ BENCHMARKS: Dict[str, Tuple[Callable, Callable]] = {
     "train": (add_train_arguments, run_train),
     "inference": (add_inference_arguments, run_inference),
     "table1e": (add_table1e_arguments, run_table1e),
+    "compile": (add_compile_arguments, run_compile),
 }
 
 

@@ -1,6 +1,7 @@
 """
 Measurement helpers shared by the benchmarks: machine description and load, interleaved timing,
-peak memory (resident set, CUDA and CPU allocators), operator profiles, and writing the reports.
+peak memory (resident set, CUDA and CPU allocators), operator profiles, and writing the reports
+(with the two formats every report uses: the machine's sentence and milliseconds).
 """
 
 import ctypes
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -61,6 +62,21 @@ def machine_info(device: torch.device) -> Machine:
         load_average_at_start=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     )
+
+
+def describe_machine(machine: Machine) -> str:
+    """The machine's sentence in a report, without the load."""
+    return (
+        f"Machine: {machine.platform}, {machine.cpu_count} CPUs, "
+        f"{machine.torch_threads} torch threads, device {machine.device}"
+        + (f" ({machine.gpu})" if machine.gpu is not None else "")
+        + f", torch {machine.torch}, {machine.date}."
+    )
+
+
+def format_ms(seconds: float) -> str:
+    """Seconds in a report, as milliseconds: with a decimal below 100 ms."""
+    return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
 
 
 def record_load(machine: Machine) -> None:
@@ -204,6 +220,7 @@ def measure_memory(
     steps: Steps,
     memory: Optional[PeakMemory],
     repeats: int,
+    untracked: Collection[str] = (),
 ) -> None:
     """
     Median peak memory of each step over ``repeats`` interleaved calls. On the CPU also the
@@ -216,10 +233,13 @@ def measure_memory(
         steps: model -> one call (a training iteration or an inference forward).
         memory: the measurement; None when ``repeats`` is 0.
         repeats: calls of each step.
+        untracked: models whose memory neither measure sees (None for both): ONNX Runtime
+            allocates outside PyTorch, from an arena it keeps between calls.
     """
+    tracked = {name: step for name, step in steps.items() if name not in untracked}
     peaks = {name: [] for name in steps}
     for _ in range(repeats):
-        for name, step in steps.items():
+        for name, step in tracked.items():
             peaks[name].append(memory.measure(step))
     entry.peak_memory_bytes = {
         name: None if not values or None in values else statistics.median(values)
@@ -227,7 +247,9 @@ def measure_memory(
     }
     entry.memory_ratio_ours_vs_detectron2 = _memory_ratio(entry.peak_memory_bytes)
     if memory is not None and memory.device.type == "cpu":
-        entry.peak_allocated_bytes = {name: cpu_allocator_peak(fn) for name, fn in steps.items()}
+        entry.peak_allocated_bytes = {
+            name: cpu_allocator_peak(steps[name]) if name in tracked else None for name in steps
+        }
         entry.allocated_ratio_ours_vs_detectron2 = _memory_ratio(entry.peak_allocated_bytes)
 
 
@@ -265,6 +287,7 @@ def finish_model_results(
     default_profile: int,
     profile: bool,
     memory_repeats: int,
+    untracked: Collection[str] = (),
 ) -> None:
     """
     Complete the timed settings of a model benchmark: profile one call of every step in each
@@ -280,6 +303,8 @@ def finish_model_results(
         default_profile: index of the setting to profile when none misses a target.
         profile: whether to profile.
         memory_repeats: calls of each step for peak memory (0: not measured).
+        untracked: models whose work PyTorch's profiler and allocator do not see: neither
+            profiled nor measured (their memory is None).
     """
     entries, device = results.entries, torch.device(results.machine.device)
     if profile:
@@ -289,11 +314,16 @@ def finish_model_results(
             if not all(target.met for target in targets(entry).values())
         ]
         results.profiles = [
-            _profile(entries[i], all_steps[i], device) for i in missed or [default_profile]
+            _profile(
+                entries[i],
+                {name: step for name, step in all_steps[i].items() if name not in untracked},
+                device,
+            )
+            for i in missed or [default_profile]
         ]
     memory = PeakMemory(device) if memory_repeats else None
     for entry, steps in zip(entries, all_steps):
-        measure_memory(entry, steps, memory, memory_repeats)
+        measure_memory(entry, steps, memory, memory_repeats, untracked)
         entry.targets = targets(entry)
     record_load(results.machine)
 

@@ -39,7 +39,7 @@ class ModelOptions:
     Attributes:
         device: "cpu" or "cuda[:index]".
         image_sizes: sides of the square images, in pixels; one setting each.
-        precisions: "fp32" and/or "amp" (autocast; CUDA only); one setting each.
+        precisions: "fp32" and/or "amp" (autocast: bf16 on the CPU, fp16 on CUDA); one each.
         iters: measured iterations per model and setting.
         warmup: unmeasured iterations first (the first one compiles our loss).
         threads: torch threads.
@@ -49,6 +49,8 @@ class ModelOptions:
         memory_repeats: calls per model for peak memory (0: not measured).
         profile: whether to profile operators.
         seed: of the weights, the inputs and the shuffles.
+        ours_opts: config overrides of our model alone, ``KEY VALUE`` strings (e.g.
+            ``MODEL.RETINANET_FL.CHANNELS_LAST True``).
     """
 
     device: str
@@ -63,6 +65,7 @@ class ModelOptions:
     memory_repeats: int
     profile: bool
     seed: int
+    ours_opts: Sequence[str] = ()
 
     def settings(self) -> ModelSettings:
         """
@@ -71,7 +74,8 @@ class ModelOptions:
         """
         return ModelSettings(
             config=f"Detectron2 {CONFIG_FILE}"
-            + (f" with RESNETS.DEPTH {self.depth}" if self.depth != 50 else ""),
+            + (f" with RESNETS.DEPTH {self.depth}" if self.depth != 50 else "")
+            + (f"; ours also with `{' '.join(self.ours_opts)}`" if self.ours_opts else ""),
             num_classes=self.num_classes,
             image_sizes=list(self.image_sizes),
             precisions=list(self.precisions),
@@ -150,7 +154,9 @@ def calibrate_batch_norms(backbone_forward: Callable[[], object], model: nn.Modu
         model.train(was_training)
 
 
-def build_detectron2_pair(cfg: CfgNode, seed: int, image_size: int) -> Dict[str, nn.Module]:
+def build_detectron2_pair(
+    cfg: CfgNode, seed: int, image_size: int, ours_opts: Sequence[str] = ()
+) -> Dict[str, nn.Module]:
     """
     Detectron2's ``RetinaNet`` from ``cfg`` (batch norms calibrated on a noise image of
     ``image_size``) and our ``FocalLossRetinaNet`` from the same config with only
@@ -160,6 +166,7 @@ def build_detectron2_pair(cfg: CfgNode, seed: int, image_size: int) -> Dict[str,
         cfg: from :func:`detectron2_retinanet_cfg`.
         seed: of the weights and of the calibration image.
         image_size: side of the calibration image.
+        ours_opts: overrides of our model's config alone, ``KEY VALUE`` strings.
 
     Returns:
         ``{OURS: ours, DETECTRON2: Detectron2's}``.
@@ -173,6 +180,7 @@ def build_detectron2_pair(cfg: CfgNode, seed: int, image_size: int) -> Dict[str,
     )
     our_cfg = cfg.clone()
     our_cfg.MODEL.META_ARCHITECTURE = "FocalLossRetinaNet"
+    our_cfg.merge_from_list(list(ours_opts))
     ours = build_model(our_cfg)
     ours.load_state_dict(detectron2_model.state_dict(), strict=True)
     return {OURS: ours, DETECTRON2: detectron2_model}

@@ -1,21 +1,23 @@
 """
 The ``inference`` benchmark: latency per image and images per second of
-:class:`FocalLossRetinaNet`, Detectron2's ``RetinaNet`` (the same config and weights) and
-torchvision's ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)``, with a split into
-backbone (with pre-processing), head, and post-processing (anchors, decoding, NMS, rescaling), and
-peak memory. Settings that miss a time target are profiled.
+:class:`FocalLossRetinaNet`, Detectron2's ``RetinaNet`` (the same config and weights),
+torchvision's ``retinanet_resnet50_fpn(weights=None, weights_backbone=None)`` and ours exported to
+TorchScript and ONNX (:mod:`.exported`), with a split of the eager models into backbone (with
+pre-processing), head, and post-processing (anchors, decoding, NMS, rescaling), and peak memory.
+Settings that miss a time target are profiled.
 """
 
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.postprocessing import detector_postprocess
 from torch import nn
 
 from .common import finish_model_results, machine_info, medians, synchronize, time_interleaved
+from .exported import EXPORTED_MIN_WARMUP, export_models, exported_settings, exported_stages
 from .fixtures import (
     ModelOptions,
     build_detectron2_pair,
@@ -25,8 +27,12 @@ from .fixtures import (
 )
 from .results import (
     DETECTRON2,
+    EXPORTED_MODELS,
+    ONNXRUNTIME,
     OURS,
+    STAGES,
     TORCHVISION,
+    ExportedFile,
     InferenceEntry,
     InferenceResults,
     InferenceSettings,
@@ -41,8 +47,6 @@ __all__ = [
     "inference_steps",
     "benchmark_inference",
 ]
-
-STAGES = ("backbone", "head", "postprocess")
 
 Stages = List[Tuple[str, Callable]]
 
@@ -155,13 +159,14 @@ class InferenceStep:
 
 
 def inference_steps(
-    models: Dict[str, nn.Module], batch: List[Dict], device: torch.device, amp: bool
+    models: Dict[str, object], batch: List[Dict], device: torch.device, amp: bool
 ) -> Dict[str, InferenceStep]:
     """
     A staged inference forward of each model on the same images.
 
     Args:
-        models: model name -> model in eval mode.
+        models: model name -> model in eval mode (an ``ExportedDetector`` for the names in
+            ``EXPORTED_MODELS``).
         batch: from :func:`.fixtures.make_batch`.
         device: the models' device.
         amp: whether to run under autocast.
@@ -175,6 +180,8 @@ def inference_steps(
             # torchvision takes float images in [0, 1] and normalises them itself.
             images = [x["image"].float() / 255 for x in batch]
             stages = torchvision_stages(model, images)
+        elif name in EXPORTED_MODELS:
+            stages = exported_stages(model, [x["image"] for x in batch])
         else:
             stages = dense_detector_stages(model, [{"image": x["image"]} for x in batch])
         steps[name] = InferenceStep(stages, device, amp)
@@ -182,7 +189,12 @@ def inference_steps(
 
 
 def benchmark_inference(
-    options: ModelOptions, *, batch_sizes: List[int], score_thresh: float, torchvision: bool
+    options: ModelOptions,
+    *,
+    batch_sizes: List[int],
+    score_thresh: float,
+    torchvision: bool,
+    exported: Sequence[str] = (),
 ) -> InferenceResults:
     """
     Run the inference benchmark: every (image size, batch size, precision).
@@ -192,10 +204,16 @@ def benchmark_inference(
         batch_sizes: images per forward; one setting each.
         score_thresh: every model's score threshold.
         torchvision: whether to compare with torchvision's RetinaNet too.
+        exported: exported copies of ours to compare too (some of ``EXPORTED_MODELS``; CPU only:
+            they run on the CPU whatever the device), with ONNX Runtime on ``options.threads``.
 
     Returns:
         Every measurement, with the targets evaluated.
     """
+    if exported and options.device != "cpu":
+        raise ValueError(
+            f"Exported models run on the CPU; they cannot be compared on {options.device!r}."
+        )
     torch.set_num_threads(options.threads)
     device = torch.device(options.device)
     torchvision_model = None
@@ -215,12 +233,18 @@ def benchmark_inference(
             torchvision_model=torchvision_model,
             what="no_grad forward: backbone (with pre-processing), head, post-processing "
             "(anchors, decoding, NMS, rescaling)",
+            exported=exported_settings(exported, options.threads) if exported else None,
         ),
         entries=[],
+        exported_files=[] if exported else None,
     )
     all_steps = []
     for size_index, image_size in enumerate(options.image_sizes):
-        models = _build_models(options, image_size, score_thresh, torchvision, size_index)
+        models, files = _build_models(
+            options, image_size, score_thresh, torchvision, exported, size_index
+        )
+        if exported:
+            results.exported_files += files
         for batch_size in batch_sizes:
             for precision in options.precisions:
                 seed = options.seed + 100 * size_index + batch_size
@@ -246,13 +270,20 @@ def benchmark_inference(
         default_profile,
         options.profile,
         options.memory_repeats,
+        # PyTorch's profiler and allocator do not see ONNX Runtime's work.
+        untracked=(ONNXRUNTIME,),
     )
     return results
 
 
 def _build_models(
-    options: ModelOptions, image_size: int, score_thresh: float, torchvision: bool, size_index: int
-) -> Dict[str, nn.Module]:
+    options: ModelOptions,
+    image_size: int,
+    score_thresh: float,
+    torchvision: bool,
+    exported: Sequence[str],
+    size_index: int,
+) -> Tuple[Dict[str, object], List[ExportedFile]]:
     """
     The compared models for one image size, in eval mode.
 
@@ -261,15 +292,16 @@ def _build_models(
         image_size: side of the images (torchvision's transform is sized to it).
         score_thresh: every model's score threshold.
         torchvision: whether to build torchvision's RetinaNet too.
+        exported: the exported copies of ours to build.
         size_index: index of the image size; offsets the seed of the weights.
 
     Returns:
-        Model name -> model.
+        Model name -> model, and the exported files' records.
     """
     cfg = detectron2_retinanet_cfg(
         options.depth, options.num_classes, score_thresh, options.loss_kernel, options.device
     )
-    models = build_detectron2_pair(cfg, options.seed + size_index, image_size)
+    models = build_detectron2_pair(cfg, options.seed + size_index, image_size, options.ours_opts)
     if torchvision:
         models[TORCHVISION] = build_torchvision_retinanet(
             options.depth,
@@ -280,13 +312,24 @@ def _build_models(
             cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             cfg.TEST.DETECTIONS_PER_IMAGE,
         ).to(options.device)
-    return {name: model.eval() for name, model in models.items()}
+    models = {name: model.eval() for name, model in models.items()}
+    files = []
+    if exported:
+        # The image to trace with: a noise image of this size, as the benchmark's inputs are.
+        sample = make_batch(1, image_size, 1, 0, options.seed + size_index, options.device)
+        loaded, files = export_models(
+            models[OURS], cfg, sample[0]["image"], exported, options.threads, image_size
+        )
+        models.update(loaded)
+    return models, files
 
 
 def _num_detections(name: str, outputs: List[Dict]) -> List[int]:
-    """Detections of each image in a model's outputs (torchvision's format or Detectron2's)."""
+    """Detections of each image in a model's outputs (torchvision's, Detectron2's or exported)."""
     if name == TORCHVISION:
         return [len(output["boxes"]) for output in outputs]
+    if name in EXPORTED_MODELS:
+        return [len(scores) for _, scores, _ in outputs]
     return [len(output["instances"]) for output in outputs]
 
 
@@ -299,7 +342,8 @@ def _measure_setting(
     seed: int,
 ) -> InferenceEntry:
     """
-    Time one setting: warm-up calls (the first one's detections counted), then interleaved calls.
+    Time one setting: warm-up calls (the first one's detections counted; exported models get at
+    least ``EXPORTED_MIN_WARMUP``), then interleaved calls.
 
     Args:
         steps: each model's forward on the setting's batch.
@@ -313,8 +357,10 @@ def _measure_setting(
         The setting's timings (memory and targets not yet filled in).
     """
     first_call_s, num_detections = {}, {}
-    for warmup_index in range(options.warmup):
+    for warmup_index in range(max(options.warmup, EXPORTED_MIN_WARMUP)):
         for name, step in steps.items():
+            if warmup_index >= options.warmup and name not in EXPORTED_MODELS:
+                continue
             start = time.perf_counter()
             outputs = step()
             if warmup_index == 0:
@@ -340,6 +386,10 @@ def _measure_setting(
         time_ratio_ours_vs_torchvision=(
             median_s[OURS] / median_s[TORCHVISION] if TORCHVISION in median_s else None
         ),
+        time_ratio_exported_vs_ours={
+            name: median_s[name] / median_s[OURS] for name in EXPORTED_MODELS if name in median_s
+        }
+        or None,
     )
     print(
         f"inference {image_size} px, batch {batch_size}, {precision}: "

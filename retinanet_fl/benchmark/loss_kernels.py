@@ -3,7 +3,8 @@
 gradient of the logits, for our closed form (eager and compiled) against the detector path of
 Detectron2 (one-hot targets of the valid rows into fvcore's ``sigmoid_focal_loss_jit``), fvcore's
 eager version and ``torchvision.ops.sigmoid_focal_loss``; and the peak memory each one needs on
-top of its inputs. Also the compile time of the compiled kernel for a new setting.
+top of its inputs. Also the compile time of the compiled kernel for a new setting; and the report
+(:func:`losses_markdown`).
 """
 
 import functools
@@ -19,6 +20,7 @@ from torch import Tensor
 from ..layers.focal_loss import sigmoid_focal_loss_from_labels
 from .common import (
     PeakMemory,
+    describe_machine,
     machine_info,
     medians,
     record_load,
@@ -28,7 +30,13 @@ from .common import (
 from .results import LossEntry, LossResults, LossSettings
 from .targets import loss_targets
 
-__all__ = ["LOSS_METHODS", "make_loss_inputs", "loss_step", "benchmark_losses"]
+__all__ = [
+    "LOSS_METHODS",
+    "make_loss_inputs",
+    "loss_step",
+    "benchmark_losses",
+    "losses_markdown",
+]
 
 LOSS_METHODS = ("ours_compiled", "ours_eager", "fvcore_jit", "fvcore", "torchvision", "logits_copy")
 
@@ -247,3 +255,65 @@ def _compile_time_per_new_setting(
         synchronize(device)
         compile_s[f"gamma={new_gamma}"] = first - (time.perf_counter() - start)
     return compile_s
+
+
+def losses_markdown(results: LossResults) -> str:
+    """
+    The losses report.
+
+    Args:
+        results: the losses benchmark's results.
+
+    Returns:
+        The Markdown.
+    """
+    machine, settings = results.machine, results.settings
+    lines = [
+        "# Classification loss: forward + backward",
+        "",
+        f"{settings.what}; fp32, K = {settings.num_classes}, γ = {settings.gamma}, "
+        f"α = {settings.alpha}; median of {settings.repeats} interleaved runs.",
+        describe_machine(machine)
+        + (
+            f" Load average at start / end: {machine.load_average_at_start[0]:.2f} / "
+            f"{machine.load_average_at_end[0]:.2f}."
+            if machine.load_average_at_end is not None
+            else ""
+        ),
+        "",
+        "Baselines follow Detectron2's RetinaNet: one-hot targets of the non-ignored anchors, then "
+        "the library's `sigmoid_focal_loss`. Speed-up: median time of `fvcore_jit` / median time "
+        "of the method. Extra memory: peak above the inputs, in units of one (R, K) fp32 tensor "
+        "(the gradient itself is one).",
+        "",
+    ]
+    for entry in results.sizes:
+        lines += [
+            f"## R = {entry.num_anchors:,} anchors × K = {entry.num_classes}",
+            "",
+            "| method | median ms | speed-up vs fvcore_jit | time / logits_copy "
+            "| extra memory (R×K fp32) | first call s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for method, median in entry.median_s.items():
+            extra = entry.peak_extra_in_rk_fp32[method]
+            copy = entry.median_s.get("logits_copy")
+            lines.append(
+                f"| {method} | {median * 1e3:.1f} | {entry.speedup[method]:.2f}× | "
+                + ("n/a" if copy is None else f"{median / copy:.2f}")
+                + " | "
+                + ("n/a" if extra is None else f"{extra:.2f}")
+                + f" | {entry.first_call_s[method]:.2f} |"
+            )
+        lines.append("")
+        for target, met in entry.targets.items():
+            lines.append(f"- {target}: {'met' if met else 'NOT met'}")
+        lines.append("")
+    if results.compile_s_per_new_setting is not None:
+        lines.append(
+            "Compile time of the compiled kernel for a setting not used before in the process "
+            "(first call minus a warm call, compile caches off): "
+            + ", ".join(f"{k}: {v:.2f} s" for k, v in results.compile_s_per_new_setting.items())
+            + "."
+        )
+    return "\n".join(lines)

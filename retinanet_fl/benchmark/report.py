@@ -1,19 +1,25 @@
 """
-The Markdown reports of the benchmarks, rendered from their results alone, so that a report can be
-rendered again from its JSON (:func:`render`).
+The Markdown reports of the train and inference benchmarks, rendered from their results alone, so
+that a report can be rendered again from its JSON (:func:`render`, which also dispatches to the
+losses and table1e reports, kept beside their benchmarks).
 """
 
 import statistics
 from typing import List, Optional, Sequence, Tuple, Union
 
+from .common import describe_machine
+from .common import format_ms as _ms
+from .compiled import compile_markdown
+from .exported import exported_lines
+from .loss_kernels import losses_markdown
 from .results import (
     DETECTRON2,
     OURS,
+    STAGES,
     BenchmarkResults,
+    CompileResults,
     InferenceEntry,
     InferenceResults,
-    LossResults,
-    Machine,
     Profile,
     Table1eResults,
     TrainEntry,
@@ -22,7 +28,7 @@ from .results import (
 from .table1e import table1e_markdown
 from .targets import TIME_TARGET_MODELS, TRAIN_TIME_MAX_RATIO
 
-__all__ = ["train_markdown", "inference_markdown", "losses_markdown", "render"]
+__all__ = ["train_markdown", "inference_markdown", "render"]
 
 MIB = 2**20
 
@@ -44,17 +50,9 @@ def render(results: BenchmarkResults, profile_rows: int = 15) -> str:
         return inference_markdown(results, profile_rows)
     if isinstance(results, Table1eResults):
         return table1e_markdown(results)
+    if isinstance(results, CompileResults):
+        return compile_markdown(results)
     return losses_markdown(results)
-
-
-def _machine_line(machine: Machine) -> str:
-    """The machine's sentence, without the load."""
-    return (
-        f"Machine: {machine.platform}, {machine.cpu_count} CPUs, "
-        f"{machine.torch_threads} torch threads, device {machine.device}"
-        + (f" ({machine.gpu})" if machine.gpu is not None else "")
-        + f", torch {machine.torch}, {machine.date}."
-    )
 
 
 def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[str]:
@@ -69,7 +67,7 @@ def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[
     lines = [
         f"# {title}",
         "",
-        _machine_line(machine) + load,
+        describe_machine(machine) + load,
         "",
         f"Models: {settings.config}, K = {settings.num_classes}, random weights with "
         "batch-norm statistics calibrated on a noise image (so activations keep a trained "
@@ -82,11 +80,6 @@ def _header(results: Union[TrainResults, InferenceResults], title: str) -> List[
     if settings.iters < 10:
         lines.append(f"**Quick run: {settings.iters} measured iterations, not representative.**")
     return lines + [""]
-
-
-def _ms(seconds: float) -> str:
-    """Milliseconds, with a decimal below 100 ms."""
-    return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
 
 
 def _mib(value: Optional[float]) -> str:
@@ -105,16 +98,16 @@ def _setting(entry: Union[TrainEntry, InferenceEntry]) -> str:
 
 
 def _paired_ratio_quartiles(
-    entry: Union[TrainEntry, InferenceEntry], other: str
+    entry: Union[TrainEntry, InferenceEntry], model: str, other: str
 ) -> Optional[Tuple[float, float]]:
     """
-    First and third quartiles of ours/other over the repeats: each repeat runs every model once,
+    First and third quartiles of model/other over the repeats: each repeat runs every model once,
     so its ratio is a paired measurement, and their spread shows how much the load moved it.
     """
-    ours, theirs = entry.times_s[OURS], entry.times_s[other]
-    if len(ours) < 2:
+    times, theirs = entry.times_s[model], entry.times_s[other]
+    if len(times) < 2:
         return None
-    quartiles = statistics.quantiles([a / b for a, b in zip(ours, theirs)], n=4)
+    quartiles = statistics.quantiles([a / b for a, b in zip(times, theirs)], n=4)
     return quartiles[0], quartiles[2]
 
 
@@ -131,14 +124,13 @@ def _targets_lines(entries: Sequence[Union[TrainEntry, InferenceEntry]]) -> List
         setting = f"{entry.image_size} px, batch {entry.batch_size}, {entry.precision}"
         for name, target in entry.targets.items():
             verdict = "met" if target.met else f"**missed by {target.missed_by:.3f}**"
-            quartiles = (
-                _paired_ratio_quartiles(entry, TIME_TARGET_MODELS[name])
-                if name in TIME_TARGET_MODELS
-                else None
-            )
+            model, other = TIME_TARGET_MODELS.get(name, (OURS, None))
+            quartiles = None if other is None else _paired_ratio_quartiles(entry, model, other)
             spread = "" if quartiles is None else f" [{quartiles[0]:.3f}–{quartiles[1]:.3f}]"
+            # Targets of ours against another model read "ours/other", as they always have.
+            ratio = "ours/other" if model == OURS else f"{model}/{other}"
             lines.append(
-                f"- {setting}, {name.replace('_', ' ')}: ours/other = {target.ratio:.3f}"
+                f"- {setting}, {name.replace('_', ' ')}: {ratio} = {target.ratio:.3f}"
                 f"{spread} (target {target.target}): {verdict}"
             )
     return lines + [""]
@@ -332,6 +324,8 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
     """
     settings = results.settings
     title = "Inference: FocalLossRetinaNet vs Detectron2 RetinaNet and torchvision"
+    if settings.exported is not None:
+        title += ", and exported"
     lines = _header(results, title)
     lines += [
         f"Forward: {settings.what}. torchvision: {settings.torchvision_model}, K = "
@@ -353,11 +347,14 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
             stages = e.stage_median_s[name]
             ratio = e.median_s[OURS] / e.median_s[name]
             detections = e.detections_per_image.get(name, [])
+            # Exported models run as one graph: their stages are not measured apart.
+            backbone, head, postprocess = (
+                "–" if stage not in stages else _ms(stages[stage]) for stage in STAGES
+            )
             lines.append(
                 f"{_setting(e)} {name} | "
                 f"{_ms(e.latency_per_image_s[name])} | {e.images_per_s[name]:.2f} | "
-                f"{ratio:.3f} | {_ms(stages['backbone'])} | {_ms(stages['head'])} | "
-                f"{_ms(stages['postprocess'])} | "
+                f"{ratio:.3f} | {backbone} | {head} | {postprocess} | "
                 f"{statistics.mean(detections) if detections else 0:.0f} | "
                 f"{_mib(e.peak_memory_bytes[name])} | "
                 f"{_mib((e.peak_allocated_bytes or {}).get(name))} |"
@@ -367,68 +364,7 @@ def inference_markdown(results: InferenceResults, profile_rows: int = 15) -> str
         "Stage times are per batch; ms / image is the whole forward divided by the batch size.",
         "",
     ]
+    lines += exported_lines(results)
     lines += _targets_lines(results.entries)
     lines += _profiles_lines(results.profiles, profile_rows)
-    return "\n".join(lines)
-
-
-def losses_markdown(results: LossResults) -> str:
-    """
-    The losses report.
-
-    Args:
-        results: the losses benchmark's results.
-
-    Returns:
-        The Markdown.
-    """
-    machine, settings = results.machine, results.settings
-    lines = [
-        "# Classification loss: forward + backward",
-        "",
-        f"{settings.what}; fp32, K = {settings.num_classes}, γ = {settings.gamma}, "
-        f"α = {settings.alpha}; median of {settings.repeats} interleaved runs.",
-        _machine_line(machine)
-        + (
-            f" Load average at start / end: {machine.load_average_at_start[0]:.2f} / "
-            f"{machine.load_average_at_end[0]:.2f}."
-            if machine.load_average_at_end is not None
-            else ""
-        ),
-        "",
-        "Baselines follow Detectron2's RetinaNet: one-hot targets of the non-ignored anchors, then "
-        "the library's `sigmoid_focal_loss`. Speed-up: median time of `fvcore_jit` / median time "
-        "of the method. Extra memory: peak above the inputs, in units of one (R, K) fp32 tensor "
-        "(the gradient itself is one).",
-        "",
-    ]
-    for entry in results.sizes:
-        lines += [
-            f"## R = {entry.num_anchors:,} anchors × K = {entry.num_classes}",
-            "",
-            "| method | median ms | speed-up vs fvcore_jit | time / logits_copy "
-            "| extra memory (R×K fp32) | first call s |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for method, median in entry.median_s.items():
-            extra = entry.peak_extra_in_rk_fp32[method]
-            copy = entry.median_s.get("logits_copy")
-            lines.append(
-                f"| {method} | {median * 1e3:.1f} | {entry.speedup[method]:.2f}× | "
-                + ("n/a" if copy is None else f"{median / copy:.2f}")
-                + " | "
-                + ("n/a" if extra is None else f"{extra:.2f}")
-                + f" | {entry.first_call_s[method]:.2f} |"
-            )
-        lines.append("")
-        for target, met in entry.targets.items():
-            lines.append(f"- {target}: {'met' if met else 'NOT met'}")
-        lines.append("")
-    if results.compile_s_per_new_setting is not None:
-        lines.append(
-            "Compile time of the compiled kernel for a setting not used before in the process "
-            "(first call minus a warm call, compile caches off): "
-            + ", ".join(f"{k}: {v:.2f} s" for k, v in results.compile_s_per_new_setting.items())
-            + "."
-        )
     return "\n".join(lines)

@@ -1,23 +1,28 @@
 """
-The benchmarks' results as dataclasses, and their JSON form.
+The benchmarks' results as dataclasses.
 
-Every dataclass here is written by :func:`to_json` with its fields as keys, in declaration order,
-and read back by :func:`from_json`; the field names are the keys of the committed
-``benchmarks/results/*.json``. A field declared with :func:`optional` is left out of the JSON
-while it (or the field it names) is None; every other field is always written.
+Every dataclass here is written by :func:`.serialization.to_json` with its fields as keys, in
+declaration order, and read back by :func:`.serialization.from_json`; the field names are the keys
+of the committed ``benchmarks/results/*.json``. A field declared with :func:`optional` is left out
+of the JSON while it (or the field it names) is None; every other field is always written.
 """
 
-import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Type, TypeVar, Union
+from typing import Dict, List, Optional, Union
+
+from .serialization import from_json, keyed_by, not_in_json, optional, to_json
 
 __all__ = [
     "OURS",
     "DETECTRON2",
     "TORCHVISION",
+    "TORCHSCRIPT",
+    "ONNXRUNTIME",
+    "EXPORTED_MODELS",
+    "STAGES",
+    "EXPORTED_STAGE",
     "Machine",
     "Target",
     "OperatorTime",
@@ -25,6 +30,8 @@ __all__ = [
     "ModelSettings",
     "TrainSettings",
     "InferenceSettings",
+    "ExportedSettings",
+    "ExportedFile",
     "TrainEntry",
     "InferenceEntry",
     "TrainResults",
@@ -34,6 +41,8 @@ __all__ = [
     "LossResults",
     "Table1eEntry",
     "Table1eResults",
+    "CompileEntry",
+    "CompileResults",
     "BenchmarkResults",
     "optional",
     "to_json",
@@ -43,92 +52,14 @@ __all__ = [
 
 # The models of the train and inference benchmarks, as keys of their per-model measurements.
 OURS, DETECTRON2, TORCHVISION = "ours", "detectron2", "torchvision"
-
-T = TypeVar("T")
-# Field metadata: the field's JSON key is left out while this field's value is None.
-_OMIT_IF_NONE = "omit_if_none"
-# Field metadata (LossEntry's speed-ups): the JSON key is this prefix + the named field's value.
-_KEY_PREFIX, _KEY_FROM = "key_prefix", "key_from"
-# Field metadata: the field has no JSON key of its own (it is part of another field's key).
-_NOT_IN_JSON = "not_in_json"
-
-
-def optional(omit_if_none_of: Optional[str] = None) -> object:
-    """
-    A field that defaults to None and is left out of the JSON while it is None.
-
-    Args:
-        omit_if_none_of: leave the field out while this other field is None instead.
-
-    Returns:
-        The dataclass field.
-    """
-    return field(default=None, metadata={_OMIT_IF_NONE: omit_if_none_of or True})
-
-
-def to_json(value: object) -> object:
-    """
-    The JSON form of a result: dataclasses become dicts (see the module's docstring), tuples
-    become lists, everything else stays as it is.
-
-    Args:
-        value: a dataclass of this module, or a dict, list, tuple or plain value holding them.
-
-    Returns:
-        What ``json.dumps`` writes.
-    """
-    if dataclasses.is_dataclass(value):
-        data = {}
-        for f in dataclasses.fields(value):
-            omit = f.metadata.get(_OMIT_IF_NONE)
-            if f.metadata.get(_NOT_IN_JSON) or (
-                omit and getattr(value, f.name if omit is True else omit) is None
-            ):
-                continue
-            key = f.name
-            if _KEY_PREFIX in f.metadata:
-                key = f.metadata[_KEY_PREFIX] + getattr(value, f.metadata[_KEY_FROM])
-            data[key] = to_json(getattr(value, f.name))
-        return data
-    if isinstance(value, dict):
-        return {key: to_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(item) for item in value]
-    return value
-
-
-def from_json(kind: Type[T], data: object) -> T:
-    """
-    Read :func:`to_json`'s output back.
-
-    Args:
-        kind: the type to read, as annotated: a dataclass of this module, ``List[...]``,
-            ``Dict[str, ...]``, ``Optional[...]`` or a plain type.
-        data: the parsed JSON.
-
-    Returns:
-        An object of ``kind``.
-    """
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if dataclasses.is_dataclass(kind):
-        hints = typing.get_type_hints(kind)
-        values = {}
-        for f in dataclasses.fields(kind):
-            key = f.name
-            if _KEY_PREFIX in f.metadata:
-                key = next(k for k in data if k.startswith(f.metadata[_KEY_PREFIX]))
-                values[f.metadata[_KEY_FROM]] = key[len(f.metadata[_KEY_PREFIX]) :]
-            if key in data:
-                values[f.name] = from_json(hints[f.name], data[key])
-        return kind(**values)
-    if origin is Union:
-        (value_kind,) = [arg for arg in args if arg is not type(None)]
-        return None if data is None else from_json(value_kind, data)
-    if origin is list:
-        return [from_json(args[0], item) for item in data]
-    if origin is dict:
-        return {key: from_json(args[1], item) for key, item in data.items()}
-    return data
+# Ours exported by retinanet_fl.export and run from its file: TorchScript in torch.jit, ONNX in
+# ONNX Runtime's CPU execution provider (inference benchmark only).
+TORCHSCRIPT, ONNXRUNTIME = "torchscript", "onnxruntime"
+EXPORTED_MODELS = (TORCHSCRIPT, ONNXRUNTIME)
+# The stages that the inference benchmark times apart in the eager models; an exported model runs
+# as one graph, timed as one stage.
+STAGES = ("backbone", "head", "postprocess")
+EXPORTED_STAGE = "forward"
 
 
 @dataclass
@@ -202,6 +133,18 @@ class TrainSettings(ModelSettings):
 
 
 @dataclass
+class ExportedSettings:
+    """How the inference benchmark made and ran the exported models."""
+
+    models: List[str]  # some of EXPORTED_MODELS
+    onnx_opset: Optional[int]  # these three: None without ONNXRUNTIME
+    onnxruntime_version: Optional[str]
+    # Threads of ONNX Runtime's intra-op pool: the benchmark's torch threads, for a fair comparison.
+    onnxruntime_intra_op_threads: Optional[int]
+    what: str
+
+
+@dataclass
 class InferenceSettings(ModelSettings):
     """The inference benchmark's options."""
 
@@ -209,6 +152,18 @@ class InferenceSettings(ModelSettings):
     score_thresh: float
     torchvision_model: Optional[str]  # None when torchvision is not compared
     what: str
+    exported: Optional[ExportedSettings] = optional()  # None when no exported model ran
+
+
+@dataclass
+class ExportedFile:
+    """One exported model of the inference benchmark: ours, exported at one image size."""
+
+    image_size: int
+    model: str  # one of EXPORTED_MODELS
+    file_bytes: int
+    export_s: float  # tracing and writing the file
+    load_s: float  # loading it (TorchScript) or creating the session (ONNX Runtime)
 
 
 @dataclass
@@ -229,8 +184,9 @@ class _MemoryAndTargets:
 
     peak_memory_bytes: Optional[Dict[str, Optional[float]]] = None  # model -> median peak
     memory_ratio_ours_vs_detectron2: Optional[float] = None
-    # The CPU allocator's peak (CPU runs only): model -> bytes.
-    peak_allocated_bytes: Optional[Dict[str, int]] = optional()
+    # The CPU allocator's peak (CPU runs only): model -> bytes; None for a model whose
+    # allocations PyTorch's allocator does not see (ONNX Runtime).
+    peak_allocated_bytes: Optional[Dict[str, Optional[int]]] = optional()
     allocated_ratio_ours_vs_detectron2: Optional[float] = optional("peak_allocated_bytes")
     targets: Dict[str, Target] = field(default_factory=dict)
 
@@ -264,9 +220,12 @@ class _InferenceTimes(_Setting):
     median_s: Dict[str, float]
     latency_per_image_s: Dict[str, float]
     images_per_s: Dict[str, float]
-    stage_median_s: Dict[str, Dict[str, float]]  # model -> backbone/head/postprocess -> s
+    # model -> stage (STAGES; exported models: EXPORTED_STAGE) -> s
+    stage_median_s: Dict[str, Dict[str, float]]
     time_ratio_ours_vs_detectron2: float
     time_ratio_ours_vs_torchvision: Optional[float] = optional()
+    # exported model -> its median / ours' median (same images, same rounds)
+    time_ratio_exported_vs_ours: Optional[Dict[str, float]] = optional()
 
 
 @dataclass
@@ -297,6 +256,7 @@ class InferenceResults(_ModelResults):
 
     settings: InferenceSettings
     entries: List[InferenceEntry]
+    exported_files: Optional[List[ExportedFile]] = optional()
 
 
 @dataclass
@@ -323,11 +283,9 @@ class LossEntry:
     times_s: Dict[str, List[float]]
     median_s: Dict[str, float]
     # The method the speed-ups are relative to; it names the speed-ups' JSON key.
-    reference: str = field(default="", metadata={_NOT_IN_JSON: True})
+    reference: str = not_in_json("")
     # method -> median of the reference / median of the method ("speedup_vs_<reference>").
-    speedup: Dict[str, float] = field(
-        default_factory=dict, metadata={_KEY_PREFIX: "speedup_vs_", _KEY_FROM: "reference"}
-    )
+    speedup: Dict[str, float] = keyed_by("speedup_vs_", "reference")
     gradient_l1: Dict[str, float] = field(default_factory=dict)  # the same from every method
     peak_extra_bytes: Optional[Dict[str, Optional[int]]] = None
     peak_extra_in_rk_fp32: Optional[Dict[str, Optional[float]]] = None
@@ -372,12 +330,45 @@ class Table1eResults:
     entries: List[Table1eEntry]
 
 
-BenchmarkResults = Union[TrainResults, InferenceResults, LossResults, Table1eResults]
+@dataclass
+class CompileEntry:
+    """One image of the compile benchmark: its first call in each model."""
+
+    height: int
+    width: int
+    eager_s: float
+    compiled_s: float
+    compiled_graphs: int  # graphs torch.compile built during the compiled model's call
+
+
+@dataclass
+class CompileResults:
+    """Everything the compile benchmark measured: ``compile.json``."""
+
+    benchmark: str
+    machine: Machine
+    config: str
+    min_short_side: int
+    max_short_side: int
+    max_size: int
+    steady_repeats: int
+    entries: List[CompileEntry]  # the first pass over the sizes, in order
+    steady_times_s: Dict[str, List[float]]  # model -> the later passes' seconds per image
+    steady_compiled_graphs: int  # graphs built during the later passes (sizes seen before)
+    steady_ratio_compiled_vs_eager: float  # ratio of the medians
+    compile_overhead_s: float  # first pass: compiled − eager, summed over the calls that compiled
+    break_even_images: Optional[float]  # overhead / per-image saving; None: no saving
+
+
+BenchmarkResults = Union[
+    TrainResults, InferenceResults, LossResults, Table1eResults, CompileResults
+]
 _RESULT_TYPES = {
     "train": TrainResults,
     "inference": InferenceResults,
     "losses": LossResults,
     "table1e": Table1eResults,
+    "compile": CompileResults,
 }
 
 

@@ -2,18 +2,30 @@
 The pass/fail targets of every benchmark, and their evaluation on one entry.
 
 Model targets are ratios ours / other model of the same run (time: medians; memory: peaks above
-what is held before a step); loss targets compare the loss methods of the same run.
+what is held before a step), and for the exported models exported / ours; loss targets compare the
+loss methods of the same run.
 """
 
 from typing import Dict
 
-from .results import DETECTRON2, TORCHVISION, InferenceEntry, LossEntry, Target, TrainEntry
+from .results import (
+    DETECTRON2,
+    ONNXRUNTIME,
+    OURS,
+    TORCHVISION,
+    InferenceEntry,
+    LossEntry,
+    Target,
+    TrainEntry,
+)
 
 __all__ = [
     "TRAIN_TIME_MAX_RATIO",
     "TRAIN_MEMORY_MAX_RATIO",
     "INFERENCE_TIME_MAX_RATIO",
     "INFERENCE_TIME_VS_TORCHVISION_BELOW",
+    "INFERENCE_ONNXRUNTIME_MAX_RATIO",
+    "INFERENCE_EXPORTED_TARGET_BATCH_SIZES",
     "LOSS_MIN_SPEEDUP_VS_FVCORE_JIT",
     "LOSS_MAX_RATIO_TO_LOGITS_COPY",
     "LOSS_MEMORY_SLACK_BYTES",
@@ -32,6 +44,12 @@ TRAIN_MEMORY_MAX_RATIO = 0.9
 INFERENCE_TIME_MAX_RATIO = 1.0
 # Inference, ours / torchvision time: strictly faster than the other common implementation.
 INFERENCE_TIME_VS_TORCHVISION_BELOW = 1.0
+# Inference, ONNX Runtime (CPU execution provider, the same threads) / our eager model, time per
+# image: exporting the whole detector must pay off where deployments run it, on the CPU.
+INFERENCE_ONNXRUNTIME_MAX_RATIO = 0.8
+# The batch sizes that target holds for: one image per call, as a deployment serves requests (the
+# exported model takes one image, so larger batches are as many calls).
+INFERENCE_EXPORTED_TARGET_BATCH_SIZES = (1,)
 # Loss alone: the compiled kernel at least 20x faster than Detectron2's path (fvcore's jit loss).
 LOSS_MIN_SPEEDUP_VS_FVCORE_JIT = 20.0
 # Loss alone: the compiled kernel within 3x of one logits copy, the memory-bandwidth floor.
@@ -39,11 +57,13 @@ LOSS_MAX_RATIO_TO_LOGITS_COPY = 3.0
 # Loss alone: extra memory of the compiled kernel is its gradient plus a few MiB of other buffers.
 LOSS_MEMORY_SLACK_BYTES = 4 * 2**20
 
-# Name of a model time target -> the model ours is compared with.
+# Name of a model time target -> (model, the model it is compared with): its ratio is the first's
+# time / the second's.
 TIME_TARGET_MODELS = {
-    "time": DETECTRON2,
-    "time_vs_detectron2": DETECTRON2,
-    "time_vs_torchvision": TORCHVISION,
+    "time": (OURS, DETECTRON2),
+    "time_vs_detectron2": (OURS, DETECTRON2),
+    "time_vs_torchvision": (OURS, TORCHVISION),
+    "time_onnxruntime_vs_ours": (ONNXRUNTIME, OURS),
 }
 
 
@@ -94,8 +114,9 @@ def inference_targets(entry: InferenceEntry) -> Dict[str, Target]:
         entry: a measured setting.
 
     Returns:
-        Target name -> target: ``time_vs_detectron2``, and ``time_vs_torchvision`` where
-        torchvision ran.
+        Target name -> target: ``time_vs_detectron2``, ``time_vs_torchvision`` where torchvision
+        ran, and ``time_onnxruntime_vs_ours`` where ONNX Runtime ran at a batch size of
+        :data:`INFERENCE_EXPORTED_TARGET_BATCH_SIZES`.
     """
     targets = {
         "time_vs_detectron2": evaluate(
@@ -105,6 +126,11 @@ def inference_targets(entry: InferenceEntry) -> Dict[str, Target]:
     if entry.time_ratio_ours_vs_torchvision is not None:
         targets["time_vs_torchvision"] = evaluate(
             entry.time_ratio_ours_vs_torchvision, INFERENCE_TIME_VS_TORCHVISION_BELOW, "<"
+        )
+    exported = entry.time_ratio_exported_vs_ours or {}
+    if ONNXRUNTIME in exported and entry.batch_size in INFERENCE_EXPORTED_TARGET_BATCH_SIZES:
+        targets["time_onnxruntime_vs_ours"] = evaluate(
+            exported[ONNXRUNTIME], INFERENCE_ONNXRUNTIME_MAX_RATIO, "<="
         )
     return targets
 

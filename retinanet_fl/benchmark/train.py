@@ -160,7 +160,7 @@ def _measure_setting(
     cfg = detectron2_retinanet_cfg(
         options.depth, options.num_classes, 0.05, options.loss_kernel, options.device
     )
-    models = build_detectron2_pair(cfg, seed, image_size)
+    models = build_detectron2_pair(cfg, seed, image_size, options.ours_opts)
     batch = make_batch(batch_size, image_size, options.num_classes, num_boxes, seed, device)
     steps = {
         name: TrainStep(model, cfg, batch, device, amp=precision == "amp")

@@ -164,6 +164,10 @@ def export_model(
         )
     if export_format == "onnx":
         _require_onnx()
+    # Tracing records the eager operations; torch.compile's wrappers would only get in its way.
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.RETINANET_FL.COMPILE = False
     model = build_model(cfg)
     AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     detector = ExportableDetector(model)

@@ -5,7 +5,7 @@ settings stored in the file.
 
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,12 +25,16 @@ class ExportedDetector:
     scores ``(D,)`` and classes ``(D,)`` as CPU tensors.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, intra_op_threads: Optional[int] = None):
         """
         Args:
             path: a ``.ts`` file from ``retinanet_fl.export --format torchscript`` or a ``.onnx``
                 file from ``--format onnx``.
+            intra_op_threads: threads of ONNX Runtime's intra-op pool (None: its default, one per
+                physical core). A ``.ts`` file runs on torch's threads (``torch.set_num_threads``).
         """
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be at least 1, got {intra_op_threads}.")
         extension = os.path.splitext(path)[1]
         if extension not in EXPORTED_EXTENSIONS:
             raise ValueError(
@@ -46,7 +50,7 @@ class ExportedDetector:
             self.metadata: Dict = _parse_metadata(extra_files[METADATA_KEY], path)
             self._session = None
         else:
-            self._session, self.metadata = _onnx_session(path)
+            self._session, self.metadata = _onnx_session(path, intra_op_threads)
             self._module = None
 
     def __call__(self, image) -> Tuple[Tensor, Tensor, Tensor]:
@@ -80,7 +84,7 @@ def _parse_metadata(text: str, path: str) -> Dict:
     return json.loads(text)
 
 
-def _onnx_session(path: str):
+def _onnx_session(path: str, intra_op_threads: Optional[int]):
     try:
         import onnxruntime
     except ImportError as error:
@@ -88,6 +92,11 @@ def _onnx_session(path: str):
             "Running an ONNX model needs 'onnxruntime': pip install -e '.[export]' "
             "(or make install)."
         ) from error
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    session = onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
     props = session.get_modelmeta().custom_metadata_map
     return session, _parse_metadata(props.get(METADATA_KEY, ""), path)

@@ -1,17 +1,18 @@
 """
-Anchor labelling (paper §4, "Anchors"): Detectron2's ``Matcher`` on IoU computed in chunks of
-anchors, so that labelling ~100k anchors against many GT boxes never holds the whole IoU matrix.
+Anchor labelling (paper §4, "Anchors"): each anchor gets its matched GT box's class, background
+or "ignored", from Detectron2's ``Matcher`` on IoU computed in chunks of anchors, so that labelling
+~100k anchors against many GT boxes never holds the whole IoU matrix.
 """
 
 import copy
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.matcher import Matcher
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from torch import Tensor
 
-__all__ = ["build_anchor_matcher", "match_anchors"]
+__all__ = ["build_anchor_matcher", "label_anchors", "match_anchors"]
 
 
 def match_anchors(
@@ -89,3 +90,53 @@ def build_anchor_matcher(
             f"values in {{-1, 0, 1}} (the paper: [0, -1, 1]), got {list(iou_labels)}."
         )
     return Matcher(thresholds, labels, allow_low_quality_matches=bool(allow_low_quality_matches))
+
+
+def label_anchors(
+    anchors: Boxes,
+    gt_instances: List[Instances],
+    matcher: Matcher,
+    num_classes: int,
+    chunk_size: int,
+) -> Tuple[Tensor, List[Tensor]]:
+    """
+    Args:
+        anchors: the R anchors of all levels.
+        gt_instances: N images' ground truth, with ``gt_boxes`` and ``gt_classes``.
+        matcher: see :func:`match_anchors`.
+        num_classes: K.
+        chunk_size: anchors per IoU chunk.
+
+    Returns:
+        Tensor: ``(N, R)`` int64 labels: a class in [0, K) for foreground, K for background, -1
+            for ignored.
+        list[Tensor]: N tensors ``(R, 4)``, the matched GT box of each anchor (meaningful for
+            foreground anchors only).
+    """
+    gt_labels, matched_gt_boxes = [], []
+    for gt_per_image in gt_instances:
+        if len(gt_per_image) == 0:
+            gt_labels.append(
+                torch.full((len(anchors),), num_classes, dtype=torch.int64, device=anchors.device)
+            )
+            matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
+            continue
+        _check_gt_classes(gt_per_image.gt_classes, num_classes)
+        matched_idxs, match_labels = match_anchors(
+            gt_per_image.gt_boxes, anchors, matcher, chunk_size
+        )
+        labels = gt_per_image.gt_classes[matched_idxs]
+        labels[match_labels == 0] = num_classes
+        labels[match_labels == -1] = -1
+        gt_labels.append(labels)
+        matched_gt_boxes.append(gt_per_image.gt_boxes.tensor[matched_idxs])
+    return torch.stack(gt_labels), matched_gt_boxes
+
+
+def _check_gt_classes(gt_classes: Tensor, num_classes: int) -> None:
+    if gt_classes.min() < 0 or gt_classes.max() >= num_classes:
+        raise ValueError(
+            f"Ground-truth class ids must be in [0, MODEL.RETINANET.NUM_CLASSES = "
+            f"{num_classes}), got ids from {gt_classes.min().item()} to "
+            f"{gt_classes.max().item()}; set NUM_CLASSES to the dataset's number of classes."
+        )

@@ -13,12 +13,10 @@ its parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectr
 checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see :mod:`.caffe2_names`).
 """
 
-import logging
 import math
 from typing import Dict, List, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
@@ -27,23 +25,25 @@ from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regr
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
-from detectron2.utils.logger import log_every_n_seconds
 from torch import Tensor, nn
 
 from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss, cls_loss_has_background_logit
 from .head import RetinaNetFocalHead
-from .matching import build_anchor_matcher, match_anchors
+from .loss_normalizer import (
+    EMA_NORMALIZER_START,
+    LOSS_NORMALIZERS,
+    ema_normalizer,
+    num_pos_normalizer,
+    put_scalar,
+)
+from .matching import build_anchor_matcher, label_anchors
+from .postprocess import class_scores, drop_non_finite_boxes
 
 __all__ = ["FocalLossRetinaNet"]
 
-LOSS_NORMALIZERS = ("ema", "num_pos")
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
-# Detectron2 starts its moving average of the positive-anchor count at 100.
-_EMA_NORMALIZER_START = 100.0
 
 
 @META_ARCH_REGISTRY.register()
@@ -81,6 +81,8 @@ class FocalLossRetinaNet(DenseDetector):
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
         background_logit: bool = False,
+        channels_last: bool = False,
+        compile_dense: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
     ):
@@ -111,6 +113,10 @@ class FocalLossRetinaNet(DenseDetector):
             background_logit: the head predicts K + 1 logits per anchor, the last for background
                 (the softmax loss): scores are the softmax's K class probabilities, background
                 dropped; False: K logits, scores are their sigmoids.
+            channels_last: keep the backbone's and head's weights (hence their activations) in the
+                channels-last memory format.
+            compile_dense: compile the backbone and the head with ``torch.compile`` (labelling,
+                losses and post-processing stay eager); each new image size may recompile.
             pixel_mean, pixel_std: image normalisation, see :class:`DenseDetector`.
         """
         super().__init__(
@@ -143,8 +149,17 @@ class FocalLossRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.background_logit = background_logit
+        if channels_last:
+            # The images need no conversion: a convolution with channels-last weights gives
+            # channels-last outputs, so every layer after the stem runs in that format.
+            self.backbone.to(memory_format=torch.channels_last)
+            self.head.to(memory_format=torch.channels_last)
+        if compile_dense:
+            # In place, so that parameter names (and checkpoints) stay those of the eager model.
+            self.backbone.compile()
+            self.head.compile()
         # A buffer, so that the moving average is saved in checkpoints and restored on resume.
-        self.register_buffer("loss_normalizer_ema", torch.tensor(_EMA_NORMALIZER_START))
+        self.register_buffer("loss_normalizer_ema", torch.tensor(EMA_NORMALIZER_START))
 
     @classmethod
     def from_config(cls, cfg):
@@ -182,6 +197,8 @@ class FocalLossRetinaNet(DenseDetector):
             "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "background_logit": cls_loss_has_background_logit(cfg),
+            "channels_last": cfg.MODEL.RETINANET_FL.CHANNELS_LAST,
+            "compile_dense": cfg.MODEL.RETINANET_FL.COMPILE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -218,35 +235,13 @@ class FocalLossRetinaNet(DenseDetector):
             list[Tensor]: N tensors ``(R, 4)``, the matched GT box of each anchor (meaningful for
                 foreground anchors only).
         """
-        anchors = Boxes.cat(anchors)
-        gt_labels, matched_gt_boxes = [], []
-        for gt_per_image in gt_instances:
-            if len(gt_per_image) == 0:
-                gt_labels.append(
-                    torch.full(
-                        (len(anchors),), self.num_classes, dtype=torch.int64, device=anchors.device
-                    )
-                )
-                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
-                continue
-            self._check_gt_classes(gt_per_image.gt_classes)
-            matched_idxs, match_labels = match_anchors(
-                gt_per_image.gt_boxes, anchors, self.anchor_matcher, self.iou_chunk_size
-            )
-            labels = gt_per_image.gt_classes[matched_idxs]
-            labels[match_labels == 0] = self.num_classes
-            labels[match_labels == -1] = -1
-            gt_labels.append(labels)
-            matched_gt_boxes.append(gt_per_image.gt_boxes.tensor[matched_idxs])
-        return torch.stack(gt_labels), matched_gt_boxes
-
-    def _check_gt_classes(self, gt_classes: Tensor) -> None:
-        if gt_classes.min() < 0 or gt_classes.max() >= self.num_classes:
-            raise ValueError(
-                f"Ground-truth class ids must be in [0, MODEL.RETINANET.NUM_CLASSES = "
-                f"{self.num_classes}), got ids from {gt_classes.min().item()} to "
-                f"{gt_classes.max().item()}; set NUM_CLASSES to the dataset's number of classes."
-            )
+        return label_anchors(
+            Boxes.cat(anchors),
+            gt_instances,
+            self.anchor_matcher,
+            self.num_classes,
+            self.iou_chunk_size,
+        )
 
     def losses(
         self,
@@ -272,8 +267,8 @@ class FocalLossRetinaNet(DenseDetector):
         pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
         num_pos_anchors = pos_mask.sum().item()
         normalizer = self._loss_normalizer(num_pos_anchors)
-        _put_scalar("num_pos_anchors", num_pos_anchors / num_images)
-        _put_scalar("loss_normalizer", normalizer)
+        put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        put_scalar("loss_normalizer", normalizer)
 
         # The loss sums ~100k terms per image, most of them tiny: fp16 would lose them.
         with torch.autocast(device_type=gt_labels.device.type, enabled=False):
@@ -292,17 +287,11 @@ class FocalLossRetinaNet(DenseDetector):
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
 
     def _loss_normalizer(self, num_pos_anchors: int) -> float:
-        """
-        Returns:
-            the number the summed losses are divided by: the positive-anchor count averaged over
-            workers ("num_pos"; with DDP's gradient averaging this divides the loss summed over
-            the whole batch by the batch's positive count), or its moving average ("ema").
-        """
+        """The summed losses' divisor, see :mod:`.loss_normalizer`; updates the "ema" buffer."""
         if self.loss_normalizer_type == "num_pos":
-            return max(_mean_over_workers(float(num_pos_anchors), self.device), 1.0)
-        momentum = self.loss_normalizer_momentum
-        value = self.loss_normalizer_ema.item() * momentum + max(num_pos_anchors, 1) * (
-            1 - momentum
+            return num_pos_normalizer(num_pos_anchors, self.device)
+        value = ema_normalizer(
+            self.loss_normalizer_ema.item(), num_pos_anchors, self.loss_normalizer_momentum
         )
         self.loss_normalizer_ema.fill_(value)
         return value
@@ -320,22 +309,15 @@ class FocalLossRetinaNet(DenseDetector):
         return [
             self.inference_single_image(
                 anchors,
-                [self._class_scores(logits[img_idx]) for logits in pred_logits],
+                [
+                    class_scores(logits[img_idx], self.num_classes, self.background_logit)
+                    for logits in pred_logits
+                ],
                 [deltas[img_idx] for deltas in pred_anchor_deltas],
                 image_size,
             )
             for img_idx, image_size in enumerate(images.image_sizes)
         ]
-
-    def _class_scores(self, logits: Tensor) -> Tensor:
-        """
-        (R, K) class probabilities from one image's (R, K) logits (sigmoid, in place as in
-        Detectron2: the transposed logits are read nowhere else) or (R, K + 1) logits (softmax
-        over K + 1, background dropped).
-        """
-        if self.background_logit:
-            return logits.softmax(dim=1)[:, : self.num_classes]
-        return logits.sigmoid_()
 
     def inference_single_image(
         self,
@@ -364,7 +346,7 @@ class FocalLossRetinaNet(DenseDetector):
             self.test_topk_candidates,
             image_size,
         )
-        candidates = _drop_non_finite_boxes(candidates)
+        candidates = drop_non_finite_boxes(candidates)
         keep = batched_nms(
             candidates.pred_boxes.tensor,
             candidates.scores,
@@ -438,44 +420,3 @@ def _validate_meta_arch_params(
     for ok, key, value, allowed in checks:
         if not ok:
             raise ValueError(f"{key} must be {allowed}, got {value!r}.")
-
-
-def _drop_non_finite_boxes(candidates: Instances) -> Instances:
-    """
-    Remove the detections whose decoded box is not finite: they are no boxes, they would defeat the
-    NMS (a NaN overlaps nothing) and Detectron2's postprocessing asserts on them. Logged, since
-    non-finite predictions mean the weights or the input are broken. The mask is applied
-    unconditionally so that a traced or scripted model drops them too.
-    """
-    finite = torch.isfinite(candidates.pred_boxes.tensor).all(dim=1)
-    if not torch.jit.is_scripting():
-        if not torch.jit.is_tracing() and not finite.all():
-            _warn_non_finite(int((~finite).sum()), len(candidates))
-    return candidates[finite]
-
-
-def _warn_non_finite(num_dropped: int, num_candidates: int) -> None:
-    log_every_n_seconds(
-        logging.WARNING,
-        f"Dropped {num_dropped} of {num_candidates} candidate detections whose decoded boxes are "
-        "NaN or infinite: the model's predictions or its input are not finite.",
-        n=60,
-    )
-
-
-def _mean_over_workers(value: float, device: torch.device) -> float:
-    world_size = comm.get_world_size()
-    if world_size == 1:
-        return value
-    total = torch.tensor([value], dtype=torch.float32, device=device)
-    dist.all_reduce(total)
-    return total.item() / world_size
-
-
-def _put_scalar(name: str, value: float) -> None:
-    """Log to Detectron2's event storage when there is one (i.e. inside a trainer)."""
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        return
-    storage.put_scalar(name, value)

@@ -72,6 +72,15 @@ def test_metadata_stored_in_file(exported):
     assert exported.metadata["min_size_test"] == 800
 
 
+def test_intra_op_threads_checked(exported):
+    with pytest.raises(ValueError, match="intra_op_threads must be at least 1, got 0"):
+        ExportedDetector(exported.path, intra_op_threads=0)
+    # A TorchScript file runs on torch's threads, and takes the setting without complaint.
+    detector = ExportedDetector(exported.path, intra_op_threads=1)
+    if exported.path.endswith(".onnx"):
+        assert detector._session.get_session_options().intra_op_num_threads == 1
+
+
 def test_traced_without_detections_still_detects(small_model, tmp_path):
     """Nothing in the graph is specialised to the sample image, not even its detection count."""
     model = small_model[0]

@@ -15,8 +15,8 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_fl  # noqa: F401  registers FocalLossRetinaNet
 from retinanet_fl import get_cfg
+from retinanet_fl.modeling import loss_normalizer as loss_normalizer_module
 from retinanet_fl.modeling import matching as matching_module
-from retinanet_fl.modeling import meta_arch as meta_arch_module
 from retinanet_fl.modeling.anchors import OctaveAnchorGenerator
 from retinanet_fl.modeling.matching import build_anchor_matcher, match_anchors
 from retinanet_fl.modeling.meta_arch import FocalLossRetinaNet
@@ -266,10 +266,10 @@ def test_num_pos_normalizer_divides_by_positive_anchor_count(monkeypatch):
     def all_reduce_with_other_worker(tensor):
         tensor += 10.0  # the other worker's positives
 
-    monkeypatch.setattr(meta_arch_module.comm, "get_world_size", lambda: 2)
-    monkeypatch.setattr(meta_arch_module.dist, "all_reduce", all_reduce_with_other_worker)
+    monkeypatch.setattr(loss_normalizer_module.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(loss_normalizer_module.dist, "all_reduce", all_reduce_with_other_worker)
     assert num_pos_model._loss_normalizer(4) == 7.0
-    monkeypatch.setattr(meta_arch_module.dist, "all_reduce", lambda tensor: None)
+    monkeypatch.setattr(loss_normalizer_module.dist, "all_reduce", lambda tensor: None)
     assert num_pos_model._loss_normalizer(0) == 1.0
 
 

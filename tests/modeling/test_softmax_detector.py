@@ -14,6 +14,7 @@ from detectron2.utils.events import EventStorage
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.engine.trainer import Trainer
 from retinanet_fl.modeling.head import RetinaNetFocalHead, softmax_prior_bias
+from retinanet_fl.modeling.postprocess import class_scores
 from tests.modeling.test_head import SHAPES
 from tests.modeling.test_meta_arch import NUM_CLASSES, make_batch, our_cfg
 
@@ -75,9 +76,8 @@ def test_softmax_detector_trains_and_infers_scores_without_background():
     assert instances.pred_classes.max() < NUM_CLASSES  # background is never a detection
     # The scores are the class probabilities p_c, c < K, of the (K + 1)-way softmax.
     logits = torch.randn(20, NUM_CLASSES + 1)
-    torch.testing.assert_close(
-        model._class_scores(logits.clone()), logits.softmax(dim=1)[:, :NUM_CLASSES]
-    )
+    scores = class_scores(logits.clone(), NUM_CLASSES, background_logit=True)
+    torch.testing.assert_close(scores, logits.softmax(dim=1)[:, :NUM_CLASSES])
 
 
 def test_sigmoid_checkpoint_into_softmax_model_fails_clearly(tmp_path):

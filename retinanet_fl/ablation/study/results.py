@@ -5,8 +5,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ...config import load_config
 from ..collect import Spread
-from ..regime import RegimeStats, read_regime, write_regime
+from ..regime import RegimeStats, read_regime, regime_stats, write_regime
 from ..runner import (
     FINISHED,
     PENDING,
@@ -100,9 +101,6 @@ def measure_trained_regime(spec: RunSpec) -> Optional[RegimeStats]:
     Returns:
         the regime, or None if the run has no final model.
     """
-    from ..config import load_config
-    from .regime import regime_stats
-
     path = spec.run_dir / TRAINED_REGIME_FILE
     if path.is_file():
         return read_regime(path)
@@ -139,8 +137,6 @@ def point_regime(
         return read_regime(path)
     if measure is None:
         return None
-    from ..config import load_config
-
     reference = next(a for a in study.arms if a.name == study.reference)
     opts = format_opts(run_opts(study, point, reference, study.seeds[0]))
     cfg = load_config(str(study.base_config), list(opts))
@@ -152,8 +148,6 @@ def point_regime(
 
 def measure_training_regime(cfg) -> RegimeStats:
     """Returns: the regime of the config's training data (first ``REGIME_NUM_IMAGES`` images)."""
-    from .regime import regime_stats
-
     return regime_stats(cfg, num_images=REGIME_NUM_IMAGES)
 
 

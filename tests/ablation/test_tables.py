@@ -14,7 +14,7 @@ from retinanet_fl.ablation.runner import RunSpec, read_status
 from retinanet_fl.ablation.sweeps import TABLE_FILES, apply_preset, load_preset
 from retinanet_fl.config import get_cfg
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _effective_cfgs(sweep):

@@ -1,10 +1,12 @@
-"""Smoke tests of the benchmarks: reports written and consistent with their results, stages equal
-the forward, the committed results read and rendered again unchanged.
+"""Smoke tests of the benchmarks: reports written and consistent with their results (the inference
+report with its exported models), stages equal the forward, the committed results read and
+rendered again unchanged.
 
 No timing is asserted: the numbers depend on the machine.
 """
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from retinanet_fl.benchmark import main
+from retinanet_fl.benchmark.exported import missing_packages
 from retinanet_fl.benchmark.fixtures import (
     build_detectron2_pair,
     build_torchvision_retinanet,
@@ -25,7 +28,10 @@ from retinanet_fl.benchmark.loss_kernels import LOSS_METHODS
 from retinanet_fl.benchmark.report import render
 from retinanet_fl.benchmark.results import (
     DETECTRON2,
+    EXPORTED_STAGE,
+    ONNXRUNTIME,
     OURS,
+    TORCHSCRIPT,
     TORCHVISION,
     BenchmarkResults,
     InferenceResults,
@@ -35,13 +41,17 @@ from retinanet_fl.benchmark.results import (
     to_json,
 )
 from retinanet_fl.benchmark.targets import (
+    INFERENCE_ONNXRUNTIME_MAX_RATIO,
     INFERENCE_TIME_MAX_RATIO,
     TRAIN_MEMORY_MAX_RATIO,
     TRAIN_TIME_MAX_RATIO,
     evaluate,
 )
 
-COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+# The exported models the inference benchmark runs by default on the CPU: those installed here.
+DEFAULT_EXPORTED = [TORCHSCRIPT] + ([] if missing_packages([ONNXRUNTIME]) else [ONNXRUNTIME])
 
 SMALL = ["--depth", "18", "--image-sizes", "64", "--iters", "1", "--warmup", "1", "--threads", "1"]
 
@@ -85,7 +95,8 @@ def test_stages_compute_the_forward():
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     """Both benchmarks on ResNet-18 at 64 px, in a child process: measuring CPU memory changes
-    how glibc allocates for the rest of the process."""
+    how glibc allocates for the rest of the process. Inference runs its default models on the CPU,
+    the exported ones included."""
     output_dir = tmp_path_factory.mktemp("bench")
     code = (
         "import sys; from retinanet_fl.benchmark import main; "
@@ -153,7 +164,7 @@ def test_inference_report(reports):
     assert isinstance(results, InferenceResults)
     (entry,) = results.entries
     medians = entry.median_s
-    assert set(medians) == {OURS, DETECTRON2, TORCHVISION}
+    assert set(medians) == {OURS, DETECTRON2, TORCHVISION, *DEFAULT_EXPORTED}
     for other, ratio in (
         (DETECTRON2, entry.time_ratio_ours_vs_detectron2),
         (TORCHVISION, entry.time_ratio_ours_vs_torchvision),
@@ -166,15 +177,61 @@ def test_inference_report(reports):
     assert all(count > 0 for count in detections[OURS])
     # Identical weights and images: ours and Detectron2's keep the same detections.
     assert detections[OURS] == detections[DETECTRON2]
-    assert {"time_vs_detectron2", "time_vs_torchvision"} == set(entry.targets)
+    onnxruntime_target = ["time_onnxruntime_vs_ours"] if ONNXRUNTIME in DEFAULT_EXPORTED else []
+    assert {"time_vs_detectron2", "time_vs_torchvision", *onnxruntime_target} == set(entry.targets)
     assert entry.targets["time_vs_detectron2"].target == f"<= {INFERENCE_TIME_MAX_RATIO}"
     markdown = (reports / "inference.md").read_text()
     assert "ms / image" in markdown and "torchvision" in markdown and "## Targets" in markdown
 
 
-def test_amp_on_cpu_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="CUDA only"):
-        main(["train", *SMALL, "--precisions", "amp", "--output-dir", str(tmp_path)])
+def test_inference_report_exported_rows(reports):
+    if ONNXRUNTIME not in DEFAULT_EXPORTED:
+        pytest.skip("onnx and onnxruntime (the export extra) are not installed")
+    results = load_results(reports / "inference.json")
+    (entry,) = results.entries
+    medians, exported = entry.median_s, entry.time_ratio_exported_vs_ours
+    assert set(exported) == {TORCHSCRIPT, ONNXRUNTIME}
+    for name, ratio in exported.items():
+        assert math.isfinite(medians[name]) and medians[name] > 0, name
+        assert math.isfinite(ratio) and ratio == pytest.approx(medians[name] / medians[OURS])
+        assert entry.latency_per_image_s[name] == pytest.approx(medians[name])
+        # One graph, timed as one stage.
+        assert set(entry.stage_median_s[name]) == {EXPORTED_STAGE}
+        # Exported from ours, on the same images: as many detections.
+        assert entry.detections_per_image[name] == entry.detections_per_image[OURS], name
+    target = entry.targets["time_onnxruntime_vs_ours"]
+    assert target.ratio == exported[ONNXRUNTIME]
+    assert target.target == f"<= {INFERENCE_ONNXRUNTIME_MAX_RATIO}"
+    # PyTorch's allocator sees TorchScript's tensors, not ONNX Runtime's.
+    assert entry.peak_allocated_bytes[TORCHSCRIPT] > 0
+    assert entry.peak_memory_bytes[ONNXRUNTIME] is None
+    assert entry.peak_allocated_bytes[ONNXRUNTIME] is None
+    for profile in results.profiles:
+        assert TORCHSCRIPT in profile.ops and ONNXRUNTIME not in profile.ops
+    settings = results.settings.exported
+    assert settings.models == [TORCHSCRIPT, ONNXRUNTIME]
+    assert settings.onnxruntime_intra_op_threads == results.settings.threads == 1
+    files = results.exported_files
+    assert [(f.image_size, f.model) for f in files] == [(64, TORCHSCRIPT), (64, ONNXRUNTIME)]
+    assert all(f.file_bytes > 0 and f.export_s > 0 for f in files)
+    markdown = (reports / "inference.md").read_text()
+    assert "## Exported models" in markdown and "1 intra-op threads" in markdown
+    assert f"| {exported[ONNXRUNTIME]:.3f} |" in markdown
+    assert f"onnxruntime/ours = {exported[ONNXRUNTIME]:.3f}" in markdown
+
+
+def test_bf16_autocast_on_cpu_with_our_config_overrides(tmp_path):
+    """``--precisions amp`` on the CPU is bf16 autocast; ``--ours-opts`` reach our model alone."""
+    ours_opts = ["--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST", "True"]
+    argv = ["train", *SMALL, "--precisions", "amp", "--no-profile", "--memory-repeats", "0"]
+    main([*argv, *ours_opts, "--output-dir", str(tmp_path)])
+    results = _load_and_check(tmp_path / "train.json")
+    (entry,) = results.entries
+    assert entry.precision == "amp"
+    assert all(math.isfinite(loss) for loss in entry.first_iteration_losses[OURS].values())
+    assert "ours also with `MODEL.RETINANET_FL.CHANNELS_LAST True`" in results.settings.config
+    with pytest.raises(SystemExit, match="KEY VALUE pairs"):
+        main(["train", *SMALL, "--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST"])
 
 
 @pytest.mark.parametrize("name", ["train", "inference", "losses"])

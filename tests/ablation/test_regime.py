@@ -14,11 +14,13 @@ from detectron2.modeling import build_model
 
 from retinanet_fl.ablation import main
 from retinanet_fl.ablation.regime import loss_shares, read_regime, regime_stats
+from retinanet_fl.ablation.runner import RunSpec
+from retinanet_fl.ablation.study import TRAINED_REGIME_FILE, measure_trained_regime
 from retinanet_fl.config import load_config
 from retinanet_fl.data.synthetic import register_synthetic_coco
 from retinanet_fl.engine import AtomicCheckpointer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "configs" / "synthetic" / "retinanet_R18_FPN_synthetic.yaml"
 
 
@@ -131,3 +133,15 @@ def test_stats_command_with_a_checkpoint(tiny_dataset, tmp_path, capsys):
     with pytest.raises(ValueError, match="num_images must be >= 1"):
         regime_stats(cfg, num_images=0)
     assert tiny_dataset in DatasetCatalog.list()
+
+
+def test_a_finished_study_run_is_measured_once_and_cached(tiny_dataset, tmp_path):
+    """What the study does after each finished run: measure its final model, cache the result."""
+    opts = ("DATASETS.TEST", f"('{tiny_dataset}',)", "INPUT.MIN_SIZE_TEST", "96", "MODEL.DEVICE")
+    spec = RunSpec(config_file=CONFIG, opts=(*opts, "cpu"), run_dir=tmp_path)
+    assert measure_trained_regime(spec) is None  # no final model yet
+    AtomicCheckpointer(build_model(_cfg(tiny_dataset)), save_dir=str(tmp_path)).save("model_final")
+    stats = measure_trained_regime(spec)
+    assert stats.weights == str(tmp_path / "model_final.pth") and stats.num_images == 4
+    assert stats.easy_negative_ce_share == pytest.approx(1.0)  # untrained, prior π = .01
+    assert read_regime(tmp_path / TRAINED_REGIME_FILE) == stats

@@ -1,0 +1,69 @@
+"""MODEL.RETINANET_FL.CHANNELS_LAST and COMPILE change how the model runs, not what it computes."""
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from tests.modeling.test_meta_arch import build_pair, make_batch, our_cfg
+
+
+def _eager_model() -> torch.nn.Module:
+    """Our model with Detectron2's initial weights, its scores spread around 0.5 (detections)."""
+    _, eager = build_pair()
+    with torch.no_grad():
+        eager.head.cls_score.bias.zero_()
+    return eager
+
+
+def _build_like(reference: torch.nn.Module, **retinanet_fl_keys) -> torch.nn.Module:
+    cfg = our_cfg()
+    for key, value in retinanet_fl_keys.items():
+        cfg.MODEL.RETINANET_FL[key] = value
+    model = build_model(cfg)
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model
+
+
+def test_channels_last_trains_and_detects_like_the_default_layout():
+    eager = _eager_model()
+    nhwc = _build_like(eager, CHANNELS_LAST=True)
+    conv_weight = nhwc.backbone.bottom_up.stem.conv1.weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last)
+    assert not eager.backbone.bottom_up.stem.conv1.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert nhwc.head.cls_score.weight.is_contiguous(memory_format=torch.channels_last)
+    features = nhwc.backbone(nhwc.preprocess_image(make_batch(0)).tensor)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in features.values())
+
+    batch = make_batch(1)
+    with EventStorage():
+        expected, actual = eager(batch), nhwc(batch)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    sum(expected.values()).backward()
+    sum(actual.values()).backward()
+    eager_grads = dict(eager.named_parameters())
+    for name, param in nhwc.named_parameters():
+        torch.testing.assert_close(param.grad, eager_grads[name].grad, rtol=1e-4, atol=1e-6)
+
+    eager.eval(), nhwc.eval()
+    with torch.no_grad():
+        expected_det, actual_det = eager(batch)[0]["instances"], nhwc(batch)[0]["instances"]
+    assert len(actual_det) == len(expected_det) > 0
+    torch.testing.assert_close(actual_det.scores, expected_det.scores, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_dense_part_keeps_parameter_names_and_detections():
+    eager = _eager_model()
+    compiled = _build_like(eager, COMPILE=True)
+    assert set(compiled.state_dict()) == set(eager.state_dict())
+    eager.eval(), compiled.eval()
+    batch = make_batch(3, sizes=((64, 96, 0),))
+    with torch.no_grad():
+        expected, actual = eager(batch)[0]["instances"], compiled(batch)[0]["instances"]
+    assert len(actual) == len(expected) > 0
+    torch.testing.assert_close(actual.scores, expected.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        actual.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=1e-4, atol=1e-3
+    )
