@@ -227,3 +227,28 @@ def set_alpha_per_class_from_dataset(
     ]
     table = tabulate(rows, headers=["class", "name", "annotations", "alpha"], tablefmt="pipe")
     logger.info(f"{ALPHA_PER_CLASS_KEY} ({source}):\n{table}")
+    if not getattr(cls_loss, "BACKGROUND_LOGIT", False):
+        _warn_if_negatives_unweighted(cls_loss.alpha_per_class, names, cls_loss.alpha_rule)
+
+
+def _warn_if_negatives_unweighted(
+    alpha_per_class: Tensor, names: Optional[Sequence[str]], rule: Optional[str]
+) -> None:
+    """
+    A sigmoid loss weights class c's negatives by 1 − α_c: at α_c = 1 nothing teaches the model
+    that background is not class c, and it learns to predict c everywhere (measured: AP 0 with
+    CE on a 1:50 long-tailed set, docs/REPRODUCTION.md).
+    """
+    unweighted = [c for c, alpha in enumerate(alpha_per_class.tolist()) if alpha >= 1.0]
+    if not unweighted:
+        return
+    classes = ", ".join(names[c] if names else str(c) for c in unweighted)
+    fix = (
+        "lower MODEL.RETINANET.FOCAL_LOSS_ALPHA (the rule's mean) until no class reaches 1"
+        if rule is not None
+        else "give those classes values below 1"
+    )
+    logger.warning(
+        f"{ALPHA_PER_CLASS_KEY} gives α_c = 1 to {classes}: with a sigmoid loss their negatives "
+        f"get weight 1 − α_c = 0, so the model learns to predict them everywhere; {fix}."
+    )

@@ -149,6 +149,22 @@ def test_rule_is_computed_from_the_dataset_and_logged(caplog):
     assert "| square |" in message and f"{expected[1].item():.4f}" in message
 
 
+@pytest.mark.parametrize("name, warns", [("ce", True), ("focal", True), ("softmax_focal", False)])
+def test_alpha_of_one_warns_for_sigmoid_losses(name, warns, caplog):
+    """A 1:50 class balance at a mean α of .75 clips the rarest class at α_c = 1."""
+    loss = build_cls_loss(config(name, "inverse_frequency", alpha=0.75))
+    records = [{"annotations": [{"category_id": c} for c in [0] * 50 + [1] * 10 + [2]]}]
+    with caplog.at_level(logging.INFO, logger=class_alpha.__name__):
+        set_alpha_per_class_from_dataset(loss, records, ["circle", "square", "star"])
+    assert loss.loss_alpha[2] == 1.0 and loss.loss_alpha[0] < 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warns:
+        (message,) = warnings
+        assert "α_c = 1 to star:" in message and "lower MODEL.RETINANET.FOCAL_LOSS_ALPHA" in message
+    else:
+        assert not warnings  # the softmax loss weights background rows by 1 - mean(α_c)
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
