@@ -10,10 +10,10 @@ from detectron2.data import DatasetCatalog
 
 from retinanet_fl.ablation import load_sweep, load_sweeps, main, plan_runs, run_sweep
 from retinanet_fl.ablation.runner import RunSpec, read_eval_results
-from retinanet_fl.config import get_cfg
 from retinanet_fl.data.synthetic import SYNTHETIC_CLASSES, long_tail_class_probs
 from retinanet_fl.modeling.class_alpha import parse_alpha_per_class
 from retinanet_fl.modeling.cls_losses import build_cls_loss
+from tests.ablation.test_tables import _effective_cfgs
 
 ROWS = [
     "sigmoid_fl",
@@ -25,20 +25,10 @@ ROWS = [
 ]
 
 
-def _cfgs(sweep):
-    cfgs = []
-    for _, spec in plan_runs(sweep, Path("/unused")):
-        cfg = get_cfg()
-        cfg.merge_from_file(str(spec.config_file))
-        cfg.merge_from_list(list(spec.opts))
-        cfgs.append(cfg)
-    return cfgs
-
-
 def test_beyond_table_runs_the_six_variants_on_the_long_tailed_set():
     (sweep,) = load_sweeps(["beyond"], preset="synthetic")
     assert [r.name for r in sweep.rows] == ROWS
-    cfgs = _cfgs(sweep)
+    cfgs = _effective_cfgs(sweep)
     for row, cfg in zip(sweep.rows, cfgs):
         assert cfg.DATASETS.TRAIN == ("synthetic_longtail50_train",), row.name
         assert cfg.DATASETS.TEST == ("synthetic_longtail50_val",), row.name
