@@ -98,7 +98,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         nargs="+",
         default=[],
         metavar="KEY VALUE",
-        help="config overrides of our model alone, e.g. MODEL.RETINANET_FL.CHANNELS_LAST True",
+        help="config overrides of our model alone, e.g. MODEL.RETINANET_FL.COMPILE True",
     )
 
 

@@ -50,7 +50,7 @@ class ModelOptions:
         profile: whether to profile operators.
         seed: of the weights, the inputs and the shuffles.
         ours_opts: config overrides of our model alone, ``KEY VALUE`` strings (e.g.
-            ``MODEL.RETINANET_FL.CHANNELS_LAST True``).
+            ``MODEL.RETINANET_FL.COMPILE True``).
     """
 
     device: str

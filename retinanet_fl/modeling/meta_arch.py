@@ -81,7 +81,7 @@ class FocalLossRetinaNet(DenseDetector):
         test_nms_thresh: float = 0.5,
         max_detections_per_image: int = 100,
         background_logit: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
         compile_dense: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],

@@ -222,14 +222,14 @@ def test_inference_report_exported_rows(reports):
 
 def test_bf16_autocast_on_cpu_with_our_config_overrides(tmp_path):
     """``--precisions amp`` on the CPU is bf16 autocast; ``--ours-opts`` reach our model alone."""
-    ours_opts = ["--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST", "True"]
+    ours_opts = ["--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST", "False"]
     argv = ["train", *SMALL, "--precisions", "amp", "--no-profile", "--memory-repeats", "0"]
     main([*argv, *ours_opts, "--output-dir", str(tmp_path)])
     results = _load_and_check(tmp_path / "train.json")
     (entry,) = results.entries
     assert entry.precision == "amp"
     assert all(math.isfinite(loss) for loss in entry.first_iteration_losses[OURS].values())
-    assert "ours also with `MODEL.RETINANET_FL.CHANNELS_LAST True`" in results.settings.config
+    assert "ours also with `MODEL.RETINANET_FL.CHANNELS_LAST False`" in results.settings.config
     with pytest.raises(SystemExit, match="KEY VALUE pairs"):
         main(["train", *SMALL, "--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST"])
 

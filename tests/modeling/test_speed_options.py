@@ -24,9 +24,9 @@ def _build_like(reference: torch.nn.Module, **retinanet_fl_keys) -> torch.nn.Mod
     return model
 
 
-def test_channels_last_trains_and_detects_like_the_default_layout():
-    eager = _eager_model()
-    nhwc = _build_like(eager, CHANNELS_LAST=True)
+def test_channels_last_default_trains_and_detects_like_the_contiguous_layout():
+    nhwc = _eager_model()  # the default: channels-last
+    eager = _build_like(nhwc, CHANNELS_LAST=False)
     conv_weight = nhwc.backbone.bottom_up.stem.conv1.weight
     assert conv_weight.is_contiguous(memory_format=torch.channels_last)
     assert not eager.backbone.bottom_up.stem.conv1.weight.is_contiguous(
