@@ -9,7 +9,7 @@ error, runs not done yet as pending.
 import csv
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..model_zoo import CONFIGS_DIR
 from .collect import RowResult, SeededRow, summarize_seeds
@@ -84,15 +84,7 @@ def write_seeded_markdown(
             )
             + " |"
         )
-    failures = [r for r in results if r.status == FAILED]
-    if failures:
-        lines += ["", "Failed runs:", ""]
-        lines += [f"- {r.row.name}, seed {r.seed}: {r.error}" for r in failures]
-    lines += ["", "Runs:", ""]
-    lines += [
-        f"- {r.row.name}, seed {r.seed}: `{_relative(r.run_dir, Path(path).parent)}` ({r.status})"
-        for r in results
-    ]
+    lines += _runs_footer(results, path, lambda r: f"{r.row.name}, seed {r.seed}")
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -168,6 +160,35 @@ def _relative(run_dir: Path, start: Path) -> Path:
         return Path(run_dir)
 
 
+def _runs_footer(
+    results: Sequence[RowResult],
+    path: Path,
+    run_name: Callable[[RowResult], str],
+    failure_name: Optional[Callable[[RowResult], str]] = None,
+) -> List[str]:
+    """
+    The table's closing lines: the failed runs with their errors, then every run's folder.
+
+    Args:
+        results: the table's runs.
+        path: the table file (run folders are given relative to its folder).
+        run_name: how a run is named in the list of runs.
+        failure_name: how a failed run is named; default ``run_name``.
+    """
+    failure_name = failure_name or run_name
+    lines = []
+    failures = [r for r in results if r.status == FAILED]
+    if failures:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {failure_name(r)}: {r.error}" for r in failures]
+    lines += ["", "Runs:", ""]
+    lines += [
+        f"- {run_name(r)}: `{_relative(r.run_dir, Path(path).parent)}` ({r.status})"
+        for r in results
+    ]
+    return lines
+
+
 def _best_index(results: Sequence[RowResult]) -> Optional[int]:
     scores = [
         r.metrics["AP"] if r.metrics and not math.isnan(r.metrics["AP"]) else None for r in results
@@ -230,14 +251,9 @@ def write_markdown(
             "",
             "nan: the model made no detection above the score threshold (COCOEvaluator's NaN).",
         ]
-    failures = [r for r in results if r.status == FAILED]
-    if failures:
-        lines += ["", "Failed runs:", ""]
-        lines += [f"- {' '.join(r.row.columns)} ({r.row.name}): {r.error}" for r in failures]
-    lines += ["", "Runs:", ""]
-    lines += [
-        f"- {r.row.name}: `{_relative(r.run_dir, Path(path).parent)}` ({r.status})" for r in results
-    ]
+    lines += _runs_footer(
+        results, path, lambda r: r.row.name, lambda r: f"{' '.join(r.row.columns)} ({r.row.name})"
+    )
     Path(path).write_text("\n".join(lines) + "\n")
 
 
