@@ -17,6 +17,7 @@ fi
 "$PY" -m retinanet_fl.benchmark train --device cuda --image-sizes 800 --batch-size 8 --output-dir "$OUT"
 "$PY" -m retinanet_fl.benchmark inference --device cuda --image-sizes 800 --batch-sizes 1 8 --output-dir "$OUT"
 "$PY" -m retinanet_fl.benchmark table1e --device cuda --output-dir "$OUT"
-# MODEL.RETINANET_FL.COMPILE against eager over COCO-like sizes: compiles, overhead, break-even.
-"$PY" -m retinanet_fl.benchmark compile --device cuda --num-images 8 --output-dir "$OUT"
+# MODEL.RETINANET_FL.COMPILE against eager over COCO-like sizes, inference and training: compiles,
+# overhead, break-even.
+"$PY" -m retinanet_fl.benchmark compile --device cuda --num-calls 8 --output-dir "$OUT"
 echo "gpu-check: all CUDA checks passed; reports in $OUT/"

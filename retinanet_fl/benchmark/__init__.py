@@ -1,5 +1,6 @@
 """
-Benchmarks (not tests): ``python -m retinanet_fl.benchmark {losses,train,inference,all} [options]``.
+Benchmarks (not tests): ``python -m retinanet_fl.benchmark BENCHMARK [options]``, BENCHMARK one of
+losses, train, inference, table1e, compile or all.
 
 Each benchmark writes ``<name>.json`` (every measurement and the machine it ran on) and
 ``<name>.md`` (tables of the ratios) under ``--output-dir`` (``benchmarks/results`` by default);
@@ -14,6 +15,9 @@ run, so a machine shared with other work skews them less than it skews absolute 
   RetinaNet and our model exported to TorchScript and ONNX (:mod:`.exported`); the models and
   inputs are built by :mod:`.fixtures`.
 * ``table1e`` (:mod:`.table1e`, with its report and plot): the paper's speed/accuracy table.
+* ``compile`` (:mod:`.compiled`, its report in :mod:`.compiled_report`, its options in
+  :mod:`.compiled_cli`): ``MODEL.RETINANET_FL.COMPILE`` against eager over COCO-like sizes, in
+  inference and training.
 
 The results are the dataclasses of :mod:`.results`, their pass/fail targets are in
 :mod:`.targets`, the measurement helpers in :mod:`.common`, the train and inference Markdown in

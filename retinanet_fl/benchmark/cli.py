@@ -1,7 +1,9 @@
 """
-The command line: ``python -m retinanet_fl.benchmark {losses,train,inference,all} [options]``, and
-``python -m retinanet_fl.benchmark render RESULTS.json`` to print a report from its results again.
-Only this module sees the parsed arguments; the benchmarks take plain values.
+The command line: ``python -m retinanet_fl.benchmark BENCHMARK [options]`` (BENCHMARK: losses,
+train, inference, table1e, compile or all), and ``python -m retinanet_fl.benchmark render
+RESULTS.json`` to print a report from its results again. Only this module and
+:mod:`.compiled_cli` (the compile benchmark's options) see the parsed arguments; the benchmarks
+take plain values.
 """
 
 import argparse
@@ -15,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .common import DEFAULT_OUTPUT_DIR, write_results
-from .compiled import benchmark_compile, coco_like_sizes, compile_markdown
+from .compiled_cli import add_compile_arguments, run_compile
 from .exported import missing_packages
 from .fixtures import ModelOptions
 from .inference import benchmark_inference
@@ -262,45 +264,6 @@ def run_inference(args: argparse.Namespace) -> None:
     write_results(
         "inference", results, inference_markdown(results, args.profile_rows), args.output_dir
     )
-
-
-def add_compile_arguments(parser: argparse.ArgumentParser) -> None:
-    """The compile benchmark's options."""
-    parser.add_argument("--depth", type=int, default=50, choices=[18, 34, 50, 101])
-    parser.add_argument("--num-images", type=int, default=12, help="image sizes drawn")
-    parser.add_argument(
-        "--short-side",
-        type=int,
-        nargs=2,
-        default=[640, 800],
-        metavar=("MIN", "MAX"),
-        help="range of the short side, px (Detectron2's COCO training sizes)",
-    )
-    parser.add_argument("--max-size", type=int, default=1333, help="cap of the long side, px")
-    parser.add_argument("--steady-repeats", type=int, default=2, help="passes after the first")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
-
-
-def run_compile(args: argparse.Namespace) -> None:
-    """Run the compile benchmark and write its report."""
-    low, high = args.short_side
-    if not 32 <= low <= high <= args.max_size or args.num_images < 1 or args.steady_repeats < 1:
-        raise SystemExit(
-            "--short-side MIN MAX needs 32 <= MIN <= MAX <= --max-size, and --num-images and "
-            f"--steady-repeats >= 1; got {args.short_side}, {args.max_size}, {args.num_images}, "
-            f"{args.steady_repeats}."
-        )
-    torch.set_num_threads(args.threads)
-    sizes = coco_like_sizes(args.num_images, low, high, args.max_size, args.seed)
-    results = benchmark_compile(
-        depth=args.depth,
-        sizes=sizes,
-        steady_repeats=args.steady_repeats,
-        device=args.device,
-        seed=args.seed,
-        size_range=(low, high, args.max_size),
-    )
-    write_results("compile", results, compile_markdown(results), args.output_dir)
 
 
 def add_table1e_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,27 +1,53 @@
 """
 The ``compile`` benchmark: our model with ``MODEL.RETINANET_FL.COMPILE`` (backbone and head through
-``torch.compile``) against the same weights eager, in inference, over images of COCO-like sizes
-(Detectron2's resizing: a short side drawn from a range, aspect ratios 1:2 to 2:1, the long side
-capped). The first pass over the sizes shows which calls compile and what that costs; later passes
-give the steady-state speed, and the two give the break-even number of images.
+``torch.compile``) against the same weights eager, over images of COCO-like sizes (Detectron2's
+resizing: a short side drawn from a range, aspect ratios 1:2 to 2:1, the long side capped), in
+inference (an image per call) and in training (an iteration per call: forward with losses,
+backward, SGD step, on a batch that the model pads to one size, as Detectron2 does). The first pass
+over the calls shows which ones compile and what that costs; later passes give the steady-state
+speed, and the two give the break-even number of calls.
 """
 
 import math
 import random
 import time
-from typing import Dict, List, Tuple
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch._dynamo
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
+from torch import nn
+from torch._inductor.utils import fresh_cache
 
-from .common import describe_machine, machine_info, medians, record_load, synchronize
-from .fixtures import build_detectron2_pair, detectron2_retinanet_cfg
-from .results import OURS, CompileEntry, CompileResults
+from .common import machine_info, medians, record_load, synchronize
+from .fixtures import build_detectron2_pair, detectron2_retinanet_cfg, make_image
+from .results import (
+    COMPILED,
+    EAGER,
+    INFERENCE,
+    OURS,
+    TRAIN,
+    CompileEntry,
+    CompileMode,
+    CompileResults,
+)
+from .train import TrainStep
 
-__all__ = ["coco_like_sizes", "benchmark_compile", "compile_markdown"]
+__all__ = ["COMPILE_KEY", "coco_like_sizes", "coco_like_batches", "benchmark_compile"]
 
-EAGER, COMPILED = "eager", "compiled"
+NUM_BOXES = 8  # GT boxes per training image, as in the train benchmark
+# What one call of each mode does, as the report says it.
+WHAT = {
+    INFERENCE: "forward with post-processing, no gradients, one image",
+    TRAIN: "forward (labelling, losses) + backward + SGD step (Detectron2's build_optimizer: "
+    f"momentum 0.9, weight decay 1e-4, lr 0.001), {NUM_BOXES} random GT boxes per image; images "
+    "batched by orientation, as Detectron2's aspect-ratio grouping batches them",
+}
+COMPILE_KEY = "MODEL.RETINANET_FL.COMPILE"
+# A call of a model on a batch; returns the losses of a training iteration, None in inference.
+Call = Callable[[List[Dict]], Optional[Dict[str, float]]]
 
 
 def coco_like_sizes(
@@ -49,132 +75,284 @@ def coco_like_sizes(
     return sizes
 
 
+def coco_like_batches(
+    num_batches: int,
+    batch_size: int,
+    min_short_side: int,
+    max_short_side: int,
+    max_size: int,
+    seed: int,
+) -> List[List[Tuple[int, int]]]:
+    """
+    Batches of :func:`coco_like_sizes`, grouped as Detectron2's ``AspectRatioGroupedDataset``
+    groups a training stream: landscape images with landscape ones, portrait with portrait, a
+    batch as soon as its group is full.
+
+    Args:
+        num_batches, batch_size: how many batches, of how many images.
+        min_short_side, max_short_side, max_size, seed: see :func:`coco_like_sizes`.
+
+    Returns:
+        ``num_batches`` lists of (height, width); at batch size 1, the sizes of
+        :func:`coco_like_sizes` in order.
+    """
+    # Each of the two groups leaves fewer than batch_size images out of the batches.
+    num_images = num_batches * batch_size + 2 * (batch_size - 1)
+    groups: Dict[bool, List[Tuple[int, int]]] = {True: [], False: []}
+    batches = []
+    for height, width in coco_like_sizes(
+        num_images, min_short_side, max_short_side, max_size, seed
+    ):
+        group = groups[width > height]
+        group.append((height, width))
+        if len(group) == batch_size:
+            batches.append(group.copy())
+            group.clear()
+    return batches[:num_batches]
+
+
 def _graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def _uncompiled_frame_count() -> int:
+    frames = torch._dynamo.utils.counters["frames"]
+    return int(frames["total"] - frames["ok"])
+
+
+def _build_models(
+    cfg: CfgNode, seed: int, calibration_size: int, ours_opts: Sequence[str]
+) -> Dict[str, nn.Module]:
+    """Our model eager and compiled, with ``ours_opts`` and the same (calibrated) weights."""
+    eager = build_detectron2_pair(cfg, seed, calibration_size, ours_opts)[OURS]
+    compiled_cfg = cfg.clone()
+    compiled_cfg.MODEL.META_ARCHITECTURE = "FocalLossRetinaNet"
+    compiled_cfg.merge_from_list([*ours_opts, COMPILE_KEY, "True"])
+    compiled = build_model(compiled_cfg)
+    compiled.load_state_dict(eager.state_dict())
+    return {EAGER: eager, COMPILED: compiled}
+
+
+def _compile_loss_kernel(model: nn.Module) -> None:
+    """
+    Compile the classification loss (``LOSS_KERNEL "compiled"``: one graph for every number of
+    anchors) before the timings: both models share it, and it is not part of what ``COMPILE``
+    costs, but the eager model, called first, would compile it in its first iteration.
+    """
+    num_logits, device = model.num_classes + int(model.background_logit), model.device
+    logits = torch.zeros(1, 64, num_logits, device=device, requires_grad=True)
+    labels = torch.full((1, 64), model.num_classes, device=device)
+    labels[0, 0] = 0  # one foreground anchor
+    loss = model.cls_loss(logits, labels, torch.zeros(64, 4, device=device))
+    torch.autograd.grad(loss, logits)
+
+
+def _inference_call(model: nn.Module, amp: bool) -> Call:
+    model.eval()
+
+    def call(batch: List[Dict]) -> None:
+        with torch.no_grad(), torch.autocast(model.device.type, enabled=amp):
+            model(batch)
+
+    return call
+
+
+def _train_call(step: TrainStep) -> Call:
+    def call(batch: List[Dict]) -> Dict[str, float]:
+        step(batch)
+        return step.last_losses
+
+    return call
+
+
+def _padded(sizes: List[Tuple[int, int]], divisibility: int) -> Tuple[int, int]:
+    """The batch's size as Detectron2's ``ImageList`` pads it: the largest side, rounded up."""
+    return tuple(
+        math.ceil(max(size[axis] for size in sizes) / divisibility) * divisibility
+        for axis in (0, 1)
+    )
+
+
+def _max_relative_difference(pairs: List[Tuple[Dict[str, float], Dict[str, float]]]) -> float:
+    """The largest |compiled − eager| / |eager| over the (eager, compiled) losses of each call."""
+    return max(
+        abs(compiled[name] - eager[name]) / max(abs(eager[name]), 1e-12)
+        for eager, compiled in pairs
+        for name in eager
+    )
+
+
+def _time_mode(
+    mode: str,
+    calls: Dict[str, Call],
+    batches: List[List[Tuple[int, int]]],
+    inputs: List[List[Dict]],
+    steady_repeats: int,
+    divisibility: int,
+) -> CompileMode:
+    """
+    Time the first pass (each call eager, then compiled), then ``steady_repeats`` passes in
+    alternating order; both models get the same batches in the same order, so in training they
+    take the same steps.
+
+    Args:
+        mode: one of ``COMPILE_MODES``.
+        calls: ``{EAGER: call, COMPILED: call}``.
+        batches: the (height, width) of each call's images.
+        inputs: each call's batch, of those sizes.
+        steady_repeats: passes after the first one.
+        divisibility: the backbone's; the batches are padded to a multiple of it.
+
+    Returns:
+        The mode's results.
+    """
+    device = inputs[0][0]["image"].device
+
+    def timed(name: str, batch: List[Dict]) -> Tuple[float, Optional[Dict[str, float]]]:
+        synchronize(device)
+        start = time.perf_counter()
+        losses = calls[name](batch)
+        synchronize(device)
+        return time.perf_counter() - start, losses
+
+    entries, losses = [], []
+    for sizes, batch in zip(batches, inputs):
+        eager_s, eager_losses = timed(EAGER, batch)
+        graphs_before = _graph_count()
+        compiled_s, compiled_losses = timed(COMPILED, batch)
+        graphs = _graph_count() - graphs_before
+        padded = _padded(sizes, divisibility)
+        entries.append(CompileEntry([list(s) for s in sizes], *padded, eager_s, compiled_s, graphs))
+        if eager_losses is not None:
+            losses.append((eager_losses, compiled_losses))
+    steady: Dict[str, List[float]] = {EAGER: [], COMPILED: []}
+    graphs_before = _graph_count()
+    for repeat in range(steady_repeats):
+        for index, batch in enumerate(inputs):
+            order = [EAGER, COMPILED] if (repeat + index) % 2 == 0 else [COMPILED, EAGER]
+            for name in order:
+                steady[name].append(timed(name, batch)[0])
+    median_s = medians(steady)
+    overhead = sum(e.compiled_s - e.eager_s for e in entries if e.compiled_graphs > 0)
+    saving = median_s[EAGER] - median_s[COMPILED]
+    return CompileMode(
+        mode=mode,
+        what=WHAT[mode],
+        batch_size=len(batches[0]),
+        entries=entries,
+        steady_times_s=steady,
+        steady_compiled_graphs=_graph_count() - graphs_before,
+        steady_ratio_compiled_vs_eager=median_s[COMPILED] / median_s[EAGER],
+        compile_overhead_s=overhead,
+        break_even_calls=overhead / saving if saving > 0 else None,
+        uncompiled_frames=_uncompiled_frame_count(),
+        max_loss_relative_difference=_max_relative_difference(losses) if losses else None,
+    )
+
+
+def _measure_mode(
+    mode: str,
+    cfg: CfgNode,
+    batches: List[List[Tuple[int, int]]],
+    *,
+    steady_repeats: int,
+    amp: bool,
+    ours_opts: Sequence[str],
+    fresh_compile_cache: bool,
+    seed: int,
+) -> CompileMode:
+    """Build the models and inputs of one mode and time them; see :func:`benchmark_compile`."""
+    calibration_size = min(min(size) for batch in batches for size in batch)
+    models = _build_models(cfg, seed, calibration_size, ours_opts)
+    device = models[EAGER].device
+    generator = torch.Generator().manual_seed(seed)
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    inputs = [
+        [make_image(h, w, num_classes, NUM_BOXES, generator, device) for h, w in batch]
+        for batch in batches
+    ]
+    # A new cache per mode: the training graphs would otherwise find kernels of the inference ones.
+    with fresh_cache() if fresh_compile_cache else nullcontext():
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        if mode == TRAIN:
+            _compile_loss_kernel(models[EAGER])
+            calls = {
+                name: _train_call(TrainStep(model, cfg, inputs[0], device, amp))
+                for name, model in models.items()
+            }
+        else:
+            calls = {name: _inference_call(model, amp) for name, model in models.items()}
+        divisibility = models[EAGER].backbone.size_divisibility
+        return _time_mode(mode, calls, batches, inputs, steady_repeats, divisibility)
 
 
 def benchmark_compile(
     *,
     depth: int,
-    sizes: List[Tuple[int, int]],
+    modes: Sequence[str],
+    num_calls: int,
+    train_batch_size: int,
+    size_range: Tuple[int, int, int],
     steady_repeats: int,
+    amp: bool,
+    ours_opts: Sequence[str],
+    fresh_compile_cache: bool,
     device: str,
     seed: int,
-    size_range: Tuple[int, int, int],
 ) -> CompileResults:
     """
-    Time the eager and the compiled model image by image (the same weights, batch 1, fp32).
+    Time the eager and the compiled model call by call (the same weights and inputs).
 
     Args:
         depth: ResNet depth.
-        sizes: (height, width) of each image, see :func:`coco_like_sizes`.
-        steady_repeats: passes over the sizes after the first one.
+        modes: some of ``COMPILE_MODES``.
+        num_calls: calls per pass: images in inference (batch 1), iterations in training.
+        train_batch_size: images per training iteration.
+        size_range: (min short side, max short side, max size) of :func:`coco_like_sizes`.
+        steady_repeats: passes over the calls after the first one.
+        amp: run under autocast (bf16 on the CPU, fp16 on CUDA); else fp32.
+        ours_opts: config overrides of both models, ``KEY VALUE`` strings.
+        fresh_compile_cache: compile every mode into an empty inductor cache; else into the
+            on-disk one.
         device: "cpu" or "cuda".
-        seed: of the weights and the images.
-        size_range: (min short side, max short side, max size) the sizes were drawn with.
+        seed: of the weights, the sizes and the images.
 
     Returns:
         The results.
     """
-    torch_device = torch.device(device)
     cfg = detectron2_retinanet_cfg(depth, 80, 0.05, "compiled", device)
-    eager = build_detectron2_pair(cfg, seed, min(sizes)[0])[OURS].eval()
-    compiled_cfg = cfg.clone()
-    compiled_cfg.MODEL.META_ARCHITECTURE = "FocalLossRetinaNet"
-    compiled_cfg.MODEL.RETINANET_FL.COMPILE = True
-    compiled = build_model(compiled_cfg).eval()
-    compiled.load_state_dict(eager.state_dict())
-    models = {EAGER: eager, COMPILED: compiled}
-    generator = torch.Generator().manual_seed(seed)
-    images = [
-        [{"image": torch.randint(256, (3, h, w), generator=generator, dtype=torch.uint8)}]
-        for h, w in sizes
-    ]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-
-    def timed(name: str, image: List[Dict]) -> float:
-        synchronize(torch_device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            models[name](image)
-        synchronize(torch_device)
-        return time.perf_counter() - start
-
-    entries = []
-    for (height, width), image in zip(sizes, images):
-        eager_s = timed(EAGER, image)
-        graphs_before = _graph_count()
-        compiled_s = timed(COMPILED, image)
-        entries.append(
-            CompileEntry(height, width, eager_s, compiled_s, _graph_count() - graphs_before)
+    ours_cfg = cfg.clone()
+    ours_cfg.merge_from_list(list(ours_opts))
+    machine = machine_info(torch.device(device))
+    results = [
+        _measure_mode(
+            mode,
+            cfg,
+            coco_like_batches(
+                num_calls, train_batch_size if mode == TRAIN else 1, *size_range, seed
+            ),
+            steady_repeats=steady_repeats,
+            amp=amp,
+            ours_opts=ours_opts,
+            fresh_compile_cache=fresh_compile_cache,
+            seed=seed,
         )
-    steady: Dict[str, List[float]] = {EAGER: [], COMPILED: []}
-    graphs_before = _graph_count()
-    for repeat in range(steady_repeats):
-        for index, image in enumerate(images):
-            order = [EAGER, COMPILED] if (repeat + index) % 2 == 0 else [COMPILED, EAGER]
-            for name in order:
-                steady[name].append(timed(name, image))
-    steady_graphs = _graph_count() - graphs_before
-    median_s = medians(steady)
-    overhead = sum(e.compiled_s - e.eager_s for e in entries if e.compiled_graphs > 0)
-    per_image_saving = median_s[EAGER] - median_s[COMPILED]
-    machine = machine_info(torch_device)
+        for mode in modes
+    ]
     record_load(machine)
     return CompileResults(
         benchmark="compile",
         machine=machine,
-        config=f"Detectron2 COCO-Detection/retinanet_R_50_FPN_1x.yaml, RESNETS.DEPTH {depth}",
+        config=f"Detectron2 COCO-Detection/retinanet_R_50_FPN_1x.yaml, RESNETS.DEPTH {depth}"
+        + (f", with `{' '.join(ours_opts)}`" if ours_opts else ""),
+        channels_last=ours_cfg.MODEL.RETINANET_FL.CHANNELS_LAST,
+        precision="amp" if amp else "fp32",
+        fresh_compile_cache=fresh_compile_cache,
+        recompile_limit=torch._dynamo.config.recompile_limit,
         min_short_side=size_range[0],
         max_short_side=size_range[1],
         max_size=size_range[2],
         steady_repeats=steady_repeats,
-        entries=entries,
-        steady_times_s=steady,
-        steady_compiled_graphs=steady_graphs,
-        steady_ratio_compiled_vs_eager=median_s[COMPILED] / median_s[EAGER],
-        compile_overhead_s=overhead,
-        break_even_images=overhead / per_image_saving if per_image_saving > 0 else None,
+        modes=results,
     )
-
-
-def compile_markdown(results: CompileResults) -> str:
-    """Returns: the report of :func:`benchmark_compile`'s results."""
-    steady_ms = {name: 1e3 * v for name, v in medians(results.steady_times_s).items()}
-    num_compiling = sum(e.compiled_graphs > 0 for e in results.entries)
-    break_even = (
-        f"{results.break_even_images:.0f} images"
-        if results.break_even_images is not None
-        else "never (the compiled model is not faster)"
-    )
-    lines = [
-        "# MODEL.RETINANET_FL.COMPILE: compiled backbone and head against eager, inference",
-        "",
-        describe_machine(results.machine),
-        "",
-        f"Models: {results.config}, random weights, batch 1, fp32; the compiled model has the "
-        f"eager one's weights. {len(results.entries)} images with the short side drawn from "
-        f"{results.min_short_side}–{results.max_short_side} px, aspect 1:2 to 2:1, long side at "
-        f"most {results.max_size} px (uint8 noise). First pass: each image once in each model; "
-        f"then {results.steady_repeats} more passes in alternating order.",
-        "",
-        f"- Calls that compiled: **{num_compiling} of {len(results.entries)}** "
-        f"(graphs built: {sum(e.compiled_graphs for e in results.entries)}); graphs built in the "
-        f"later passes, over sizes seen before: {results.steady_compiled_graphs}.",
-        f"- Compile overhead (compiled − eager on those calls): "
-        f"{results.compile_overhead_s:.1f} s.",
-        f"- Steady state, median per image: eager {steady_ms[EAGER]:.0f} ms, compiled "
-        f"{steady_ms[COMPILED]:.0f} ms, compiled/eager = "
-        f"**{results.steady_ratio_compiled_vs_eager:.3f}**.",
-        f"- Break-even: {break_even}.",
-        "",
-        "| image | H × W | eager s | compiled s | graphs compiled |",
-        "|---:|---|---:|---:|---:|",
-    ]
-    for index, e in enumerate(results.entries, 1):
-        lines.append(
-            f"| {index} | {e.height} × {e.width} | {e.eager_s:.2f} | {e.compiled_s:.2f} | "
-            f"{e.compiled_graphs} |"
-        )
-    return "\n".join(lines) + "\n"

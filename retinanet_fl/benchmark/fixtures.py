@@ -24,6 +24,7 @@ __all__ = [
     "calibrate_batch_norms",
     "build_detectron2_pair",
     "build_torchvision_retinanet",
+    "make_image",
     "make_batch",
 ]
 
@@ -242,6 +243,42 @@ def build_torchvision_retinanet(
     return model
 
 
+def make_image(
+    height: int,
+    width: int,
+    num_classes: int,
+    num_boxes: int,
+    generator: torch.Generator,
+    device: torch.device = torch.device("cpu"),
+) -> Dict[str, object]:
+    """
+    One Detectron2-style input on ``device``: a uint8 ``(3, height, width)`` noise image, as
+    Detectron2's mapper delivers it, with ``num_boxes`` random GT boxes of 32 px to half its
+    short side.
+
+    Args:
+        height, width: of the image.
+        num_classes: GT classes are drawn from ``range(num_classes)``.
+        num_boxes: GT boxes.
+        generator: of the image and boxes.
+        device: where the input is put.
+
+    Returns:
+        A dict with ``"image"`` and ``"instances"`` (``gt_boxes``, ``gt_classes``).
+    """
+    box_size = 32 + torch.rand(num_boxes, 2, generator=generator) * max(
+        min(height, width) / 2 - 32, 1
+    )
+    top_left = torch.rand(num_boxes, 2, generator=generator) * (
+        torch.tensor([width, height]) - box_size
+    )
+    instances = Instances((height, width))
+    instances.gt_boxes = Boxes(torch.cat([top_left, top_left + box_size], dim=1))
+    instances.gt_classes = torch.randint(num_classes, (num_boxes,), generator=generator)
+    image = torch.randint(256, (3, height, width), generator=generator, dtype=torch.uint8)
+    return {"image": image.to(device), "instances": instances.to(device)}
+
+
 def make_batch(
     batch_size: int,
     image_size: int,
@@ -251,12 +288,11 @@ def make_batch(
     device: torch.device = torch.device("cpu"),
 ) -> List[Dict[str, object]]:
     """
-    Detectron2-style inputs on ``device``: uint8 ``(3, S, S)`` noise images, as Detectron2's
-    mapper delivers them, each with ``num_boxes`` random GT boxes of 32 px to S/2.
+    Square inputs from :func:`make_image`.
 
     Args:
         batch_size: images.
-        image_size: S.
+        image_size: their side.
         num_classes: GT classes are drawn from ``range(num_classes)``.
         num_boxes: GT boxes per image.
         seed: of the images and boxes.
@@ -266,15 +302,7 @@ def make_batch(
         Dicts with ``"image"`` and ``"instances"`` (``gt_boxes``, ``gt_classes``).
     """
     generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for _ in range(batch_size):
-        box_size = 32 + torch.rand(num_boxes, 2, generator=generator) * max(image_size / 2 - 32, 1)
-        top_left = torch.rand(num_boxes, 2, generator=generator) * (image_size - box_size)
-        instances = Instances((image_size, image_size))
-        instances.gt_boxes = Boxes(torch.cat([top_left, top_left + box_size], dim=1))
-        instances.gt_classes = torch.randint(num_classes, (num_boxes,), generator=generator)
-        image = torch.randint(
-            256, (3, image_size, image_size), generator=generator, dtype=torch.uint8
-        )
-        batch.append({"image": image.to(device), "instances": instances.to(device)})
-    return batch
+    return [
+        make_image(image_size, image_size, num_classes, num_boxes, generator, device)
+        for _ in range(batch_size)
+    ]

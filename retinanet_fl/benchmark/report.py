@@ -1,7 +1,7 @@
 """
 The Markdown reports of the train and inference benchmarks, rendered from their results alone, so
 that a report can be rendered again from its JSON (:func:`render`, which also dispatches to the
-losses and table1e reports, kept beside their benchmarks).
+losses, table1e and compile reports, kept beside their benchmarks).
 """
 
 import statistics
@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from .common import describe_machine
 from .common import format_ms as _ms
-from .compiled import compile_markdown
+from .compiled_report import compile_markdown
 from .exported import exported_lines
 from .loss_kernels import losses_markdown
 from .results import (

@@ -23,6 +23,11 @@ __all__ = [
     "EXPORTED_MODELS",
     "STAGES",
     "EXPORTED_STAGE",
+    "EAGER",
+    "COMPILED",
+    "INFERENCE",
+    "TRAIN",
+    "COMPILE_MODES",
     "Machine",
     "Target",
     "OperatorTime",
@@ -42,6 +47,7 @@ __all__ = [
     "Table1eEntry",
     "Table1eResults",
     "CompileEntry",
+    "CompileMode",
     "CompileResults",
     "BenchmarkResults",
     "optional",
@@ -60,6 +66,10 @@ EXPORTED_MODELS = (TORCHSCRIPT, ONNXRUNTIME)
 # as one graph, timed as one stage.
 STAGES = ("backbone", "head", "postprocess")
 EXPORTED_STAGE = "forward"
+# The compile benchmark's models (keys of its times) and modes.
+EAGER, COMPILED = "eager", "compiled"
+INFERENCE, TRAIN = "inference", "train"
+COMPILE_MODES = (INFERENCE, TRAIN)
 
 
 @dataclass
@@ -332,13 +342,39 @@ class Table1eResults:
 
 @dataclass
 class CompileEntry:
-    """One image of the compile benchmark: its first call in each model."""
+    """
+    One call of the compile benchmark's first pass (an image in inference, an iteration on a batch
+    in training): its first call in each model.
+    """
 
-    height: int
-    width: int
+    image_sizes: List[List[int]]  # (height, width) of each image of the batch
+    # The batch as the network runs it: padded to its largest image, rounded up to the backbone's
+    # size divisibility.
+    padded_height: int
+    padded_width: int
     eager_s: float
     compiled_s: float
     compiled_graphs: int  # graphs torch.compile built during the compiled model's call
+
+
+@dataclass
+class CompileMode:
+    """The compile benchmark in one mode: inference or training."""
+
+    mode: str  # one of COMPILE_MODES
+    what: str  # what one call does
+    batch_size: int
+    entries: List[CompileEntry]  # the first pass over the calls, in order
+    steady_times_s: Dict[str, List[float]]  # model -> the later passes' seconds per call
+    steady_compiled_graphs: int  # graphs built during the later passes (sizes seen before)
+    steady_ratio_compiled_vs_eager: float  # ratio of the medians
+    compile_overhead_s: float  # first pass: compiled − eager, summed over the calls that compiled
+    break_even_calls: Optional[float]  # overhead / per-call saving; None: no saving
+    # Frames that torch.compile gave up on (the recompile limit reached: from then on, a size
+    # without a graph runs eagerly).
+    uncompiled_frames: int
+    # Training: the largest |compiled − eager| / |eager| of a loss over the first pass.
+    max_loss_relative_difference: Optional[float] = optional()
 
 
 @dataclass
@@ -348,16 +384,17 @@ class CompileResults:
     benchmark: str
     machine: Machine
     config: str
+    channels_last: bool  # MODEL.RETINANET_FL.CHANNELS_LAST of both models
+    precision: str  # "fp32" or "amp" (autocast: bf16 on the CPU, fp16 on CUDA)
+    # True: every mode compiled into an empty inductor cache; False: into the on-disk cache as
+    # earlier runs left it (a graph compiled before costs less).
+    fresh_compile_cache: bool
+    recompile_limit: int  # torch._dynamo.config.recompile_limit: graphs per function at most
     min_short_side: int
     max_short_side: int
     max_size: int
     steady_repeats: int
-    entries: List[CompileEntry]  # the first pass over the sizes, in order
-    steady_times_s: Dict[str, List[float]]  # model -> the later passes' seconds per image
-    steady_compiled_graphs: int  # graphs built during the later passes (sizes seen before)
-    steady_ratio_compiled_vs_eager: float  # ratio of the medians
-    compile_overhead_s: float  # first pass: compiled − eager, summed over the calls that compiled
-    break_even_images: Optional[float]  # overhead / per-image saving; None: no saving
+    modes: List[CompileMode]
 
 
 BenchmarkResults = Union[

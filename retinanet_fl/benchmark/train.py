@@ -9,7 +9,7 @@ classification loss's share, and peak memory. Settings that miss the time target
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -40,7 +40,7 @@ class TrainStep:
         Args:
             model: a Detectron2-style detector; set to train mode.
             cfg: its config (the optimizer's settings).
-            batch: its inputs, the same at every iteration.
+            batch: its inputs at every iteration that is not given its own.
             device: the model's device.
             amp: whether the forward runs under autocast (with a gradient scaler).
         """
@@ -53,12 +53,17 @@ class TrainStep:
         self.phase_times: Dict[str, List[float]] = {"forward": [], "backward": [], "optimizer": []}
         self.last_losses: Dict[str, float] = {}
 
-    def __call__(self) -> None:
-        """Run one iteration; its losses are kept in ``last_losses``."""
+    def __call__(self, batch: Optional[List[Dict]] = None) -> None:
+        """
+        Run one iteration; its losses are kept in ``last_losses``.
+
+        Args:
+            batch: its inputs; None: the batch given at construction.
+        """
         start = time.perf_counter()
         autocast = torch.autocast(self.device.type, enabled=self.amp) if self.amp else nullcontext()
         with EventStorage(), autocast:
-            losses = self.model(self.batch)
+            losses = self.model(self.batch if batch is None else batch)
         loss = sum(losses.values())
         synchronize(self.device)
         forward_end = time.perf_counter()
