@@ -23,7 +23,7 @@ __all__ = [
     "TRAIN_TIME_MAX_RATIO",
     "TRAIN_MEMORY_MAX_RATIO",
     "INFERENCE_TIME_MAX_RATIO",
-    "INFERENCE_TIME_VS_TORCHVISION_BELOW",
+    "INFERENCE_TIME_VS_TORCHVISION_MAX_RATIO",
     "INFERENCE_ONNXRUNTIME_MAX_RATIO",
     "INFERENCE_EXPORTED_TARGET_BATCH_SIZES",
     "LOSS_MIN_SPEEDUP_VS_FVCORE_JIT",
@@ -36,14 +36,16 @@ __all__ = [
     "loss_targets",
 ]
 
-# Train step, ours / Detectron2 time: the fused classification loss must save 5% of a step.
-TRAIN_TIME_MAX_RATIO = 0.95
-# Train step, ours / Detectron2 peak memory: no one-hot targets and fused temporaries save 10%.
-TRAIN_MEMORY_MAX_RATIO = 0.9
-# Inference, ours / Detectron2 time: the same backbone, head and post-processing, no slower.
-INFERENCE_TIME_MAX_RATIO = 1.0
-# Inference, ours / torchvision time: strictly faster than the other common implementation.
-INFERENCE_TIME_VS_TORCHVISION_BELOW = 1.0
+# The fastest RetinaNet to train and run: 30% less time and memory than Detectron2's RetinaNet and
+# torchvision's, side by side in one run, with our best settings (channels-last by default).
+# Train step, ours / Detectron2 time.
+TRAIN_TIME_MAX_RATIO = 0.7
+# Train step, ours / Detectron2 peak memory.
+TRAIN_MEMORY_MAX_RATIO = 0.7
+# Inference, ours / Detectron2 time.
+INFERENCE_TIME_MAX_RATIO = 0.7
+# Inference, ours / torchvision time.
+INFERENCE_TIME_VS_TORCHVISION_MAX_RATIO = 0.7
 # Inference, ONNX Runtime (CPU execution provider, the same threads) / our eager model, time per
 # image: exporting the whole detector must pay off where deployments run it, on the CPU.
 INFERENCE_ONNXRUNTIME_MAX_RATIO = 0.8
@@ -125,7 +127,7 @@ def inference_targets(entry: InferenceEntry) -> Dict[str, Target]:
     }
     if entry.time_ratio_ours_vs_torchvision is not None:
         targets["time_vs_torchvision"] = evaluate(
-            entry.time_ratio_ours_vs_torchvision, INFERENCE_TIME_VS_TORCHVISION_BELOW, "<"
+            entry.time_ratio_ours_vs_torchvision, INFERENCE_TIME_VS_TORCHVISION_MAX_RATIO, "<="
         )
     exported = entry.time_ratio_exported_vs_ours or {}
     if ONNXRUNTIME in exported and entry.batch_size in INFERENCE_EXPORTED_TARGET_BATCH_SIZES:
