@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.utils.file_io import PathManager
@@ -46,9 +47,6 @@ PREFIX = "synthetic-pretrained://"
 CACHE_ENV = "RETINANET_FL_PRETRAINED_CACHE"
 DEFAULT_CACHE_DIR = os.path.join("output", "pretrained")
 NO_OBJECT = len(SYNTHETIC_CLASSES)  # the label of an image without an object
-# Detectron2's defaults (MODEL.PIXEL_MEAN / PIXEL_STD), in BGR order like its input.
-PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)
-PIXEL_STD_BGR = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -115,11 +113,12 @@ class PretrainRecipe:
         return cls(**overrides)
 
 
-def build_classifier_backbone(depth: int) -> nn.Module:
+def classifier_cfg(depth: int) -> CfgNode:
     """
     Returns:
-        Detectron2's ResNet of ``depth`` with batch norm and nothing frozen, returning ``res5``: the
-        module whose parameters become the detector's ``backbone.bottom_up``.
+        the config of Detectron2's ResNet of ``depth`` with batch norm and nothing frozen, returning
+        ``res5`` (the module whose parameters become the detector's ``backbone.bottom_up``), and
+        Detectron2's default input normalisation (BGR, ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``).
     """
     cfg = get_cfg()
     cfg.MODEL.RESNETS.DEPTH = depth
@@ -127,7 +126,7 @@ def build_classifier_backbone(depth: int) -> nn.Module:
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    return build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    return cfg
 
 
 def render_classification_set(
@@ -161,20 +160,20 @@ def render_classification_set(
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _normalize(images: Tensor) -> Tensor:
-    mean = torch.tensor(PIXEL_MEAN_BGR).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD_BGR).view(1, 3, 1, 1)
-    return (images.float() - mean) / std
-
-
 class _Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    def __init__(self, cfg: CfgNode, num_classes: int):
         super().__init__()
-        self.backbone = backbone
-        self.fc = nn.Linear(backbone.output_shape()["res5"].channels, num_classes)
+        self.backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+        self.fc = nn.Linear(self.backbone.output_shape()["res5"].channels, num_classes)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1), False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(1, -1, 1, 1), False
+        )
 
     def forward(self, images: Tensor) -> Tensor:
-        features = self.backbone(_normalize(images))["res5"]
+        features = self.backbone((images.float() - self.pixel_mean) / self.pixel_std)["res5"]
         return self.fc(features.mean(dim=(2, 3)))
 
 
@@ -208,7 +207,7 @@ def pretrain_backbone(recipe: PretrainRecipe) -> Tuple[Dict[str, Tensor], Dict[s
     val_images, val_labels = render_classification_set(
         recipe, recipe.num_val_images, recipe.seed + 1_000_003
     )
-    model = _Classifier(build_classifier_backbone(recipe.depth), NO_OBJECT + 1)
+    model = _Classifier(classifier_cfg(recipe.depth), NO_OBJECT + 1)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.base_lr, weight_decay=recipe.weight_decay
     )
