@@ -46,8 +46,14 @@ def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gamma", type=float, default=2.0)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_repeats: int) -> None:
-    """The options of :class:`.fixtures.ModelOptions`, with their defaults for one benchmark."""
+def _add_model_arguments(
+    parser: argparse.ArgumentParser, warmup: int, memory_repeats: int, amp_on_cpu: bool
+) -> None:
+    """
+    The options of :class:`.fixtures.ModelOptions`, with their defaults for one benchmark;
+    ``amp_on_cpu``: whether the default precisions on the CPU include amp, as they do on CUDA.
+    """
+    parser.set_defaults(amp_on_cpu=amp_on_cpu)
     parser.add_argument(
         "--image-sizes",
         type=int,
@@ -76,8 +82,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
         nargs="+",
         choices=PRECISIONS,
         default=None,
-        help="fp32 and/or amp (autocast: bf16 on the CPU, fp16 on CUDA); default: fp32, plus "
-        "amp on CUDA",
+        help="fp32 and/or amp (autocast: bf16 on the CPU, fp16 on CUDA); default: both in "
+        "training, fp32 (plus amp on CUDA) in inference",
     )
     parser.add_argument(
         "--loss-kernel",
@@ -106,7 +112,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, warmup: int, memory_re
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The train benchmark's options."""
-    _add_model_arguments(parser, warmup=2, memory_repeats=3)
+    _add_model_arguments(parser, warmup=2, memory_repeats=3, amp_on_cpu=True)
     parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
     parser.add_argument(
         "--throughput-batch-size",
@@ -119,7 +125,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The inference benchmark's options."""
-    _add_model_arguments(parser, warmup=1, memory_repeats=1)
+    _add_model_arguments(parser, warmup=1, memory_repeats=1, amp_on_cpu=False)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
         "--score-thresh",
@@ -166,7 +172,7 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
-    precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
+    precisions = args.precisions or (["fp32", "amp"] if cuda or args.amp_on_cpu else ["fp32"])
     checks = [
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 1),
