@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from retinanet_fl.benchmark import main
-from retinanet_fl.benchmark.cli import _model_options, build_parser
 from retinanet_fl.benchmark.exported import missing_packages
 from retinanet_fl.benchmark.fixtures import (
     build_detectron2_pair,
@@ -237,16 +236,6 @@ def test_bf16_autocast_on_cpu_with_our_config_overrides(tmp_path):
     assert "ours also with `MODEL.RETINANET_FL.CHANNELS_LAST False`" in results.settings.config
     with pytest.raises(SystemExit, match="KEY VALUE pairs"):
         main(["train", *SMALL, "--ours-opts", "MODEL.RETINANET_FL.CHANNELS_LAST"])
-
-
-@pytest.mark.parametrize(
-    "benchmark, precisions", [("train", ["fp32", "amp"]), ("inference", ["fp32"])]
-)
-def test_default_precisions_on_cpu(benchmark, precisions):
-    """Training reports bf16 beside fp32 by default (``benchmark all`` runs the defaults)."""
-    args = build_parser().parse_args([benchmark])
-    batch_sizes = [args.batch_size] if benchmark == "train" else args.batch_sizes
-    assert _model_options(args, batch_sizes).precisions == precisions
 
 
 @pytest.mark.parametrize("name", ["train", "inference", "losses"])
