@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # AP of the demo trained in fp32 and with bf16 autocast (SOLVER.AMP.ENABLED True) for each seed,
-# two runs at a time on one thread each; a run already finished (its log.txt holds the AP table) is
-# not trained again. Prints and writes OUT/bf16_parity.md: AP per run and the paired
+# two runs at a time on one thread each; a run already finished (its metrics.json holds the box AP)
+# is not trained again. Prints and writes OUT/bf16_parity.md: AP per run and the paired
 # bf16 - fp32 difference, mean and sample sd over the seeds. Run from the repository root.
 #   bash scripts/measure_bf16_parity.sh [PYTHON] [OUT] [SEED ...]
 set -euo pipefail
@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 
 train() {  # name, overrides...: one demo run into OUT/name unless it finished before
     local name=$1; shift
-    if ! grep -q "Evaluation results for bbox" "$OUT/$name/log.txt" 2>/dev/null; then
+    if ! grep -q '"bbox/AP"' "$OUT/$name/metrics.json" 2>/dev/null; then
         OMP_NUM_THREADS=1 "$PY" -m retinanet_fl.demo --output-dir "$OUT/$name" "$@" \
             > "$OUT/$name.log" 2>&1
     fi
@@ -25,16 +25,15 @@ for seed in "${SEEDS[@]}"; do
 done
 
 "$PY" - "$OUT" "${SEEDS[@]}" <<'PYEOF'
-import re, statistics, sys
+import statistics, sys
 from pathlib import Path
+
+from retinanet_fl.ablation.runner import read_eval_results
 
 out, seeds = Path(sys.argv[1]), sys.argv[2:]
 
 def final_ap(run: str) -> float:
-    """The AP of the last COCO bbox table in the run's log."""
-    text = (out / run / "log.txt").read_text()
-    table = text.rsplit("Evaluation results for bbox", 1)[1]
-    return float(re.search(r"^\|\s*([\d.]+)\s*\|", table.split("\n", 4)[3]).group(1))
+    return read_eval_results(out / run)["AP"]
 
 rows = [(s, final_ap(f"fp32_s{s}"), final_ap(f"bf16_s{s}")) for s in seeds]
 deltas = [bf16 - fp32 for _, fp32, bf16 in rows]

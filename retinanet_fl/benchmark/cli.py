@@ -47,13 +47,15 @@ def add_losses_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_arguments(
-    parser: argparse.ArgumentParser, warmup: int, memory_repeats: int, amp_on_cpu: bool
+    parser: argparse.ArgumentParser,
+    warmup: int,
+    memory_repeats: int,
+    precisions: Optional[List[str]],
 ) -> None:
     """
     The options of :class:`.fixtures.ModelOptions`, with their defaults for one benchmark;
-    ``amp_on_cpu``: whether the default precisions on the CPU include amp, as they do on CUDA.
+    ``precisions`` None: fp32, plus amp on CUDA.
     """
-    parser.set_defaults(amp_on_cpu=amp_on_cpu)
     parser.add_argument(
         "--image-sizes",
         type=int,
@@ -81,7 +83,7 @@ def _add_model_arguments(
         "--precisions",
         nargs="+",
         choices=PRECISIONS,
-        default=None,
+        default=precisions,
         help="fp32 and/or amp (autocast: bf16 on the CPU, fp16 on CUDA); default: both in "
         "training, fp32 (plus amp on CUDA) in inference",
     )
@@ -112,7 +114,7 @@ def _add_model_arguments(
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The train benchmark's options."""
-    _add_model_arguments(parser, warmup=2, memory_repeats=3, amp_on_cpu=True)
+    _add_model_arguments(parser, warmup=2, memory_repeats=3, precisions=list(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=2, help="images per iteration")
     parser.add_argument(
         "--throughput-batch-size",
@@ -125,7 +127,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """The inference benchmark's options."""
-    _add_model_arguments(parser, warmup=1, memory_repeats=1, amp_on_cpu=False)
+    _add_model_arguments(parser, warmup=1, memory_repeats=1, precisions=None)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
         "--score-thresh",
@@ -172,7 +174,7 @@ def _model_options(args: argparse.Namespace, batch_sizes: List[int]) -> ModelOpt
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available here; use --device cpu.")
-    precisions = args.precisions or (["fp32", "amp"] if cuda or args.amp_on_cpu else ["fp32"])
+    precisions = args.precisions or (["fp32", "amp"] if cuda else ["fp32"])
     checks = [
         ("--iters", args.iters, 1),
         ("--warmup", args.warmup, 1),
