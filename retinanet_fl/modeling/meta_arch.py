@@ -14,6 +14,7 @@ its parameter names are Detectron2's, so ``DetectionCheckpointer`` loads Detectr
 checkpoints; Detectron (Caffe2) RetinaNet ``.pkl`` files load too (see :mod:`.caffe2_names`).
 """
 
+import logging
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -43,6 +44,8 @@ from .matching import build_anchor_matcher, label_anchors
 from .postprocess import class_scores, drop_non_finite_boxes, top_candidates
 
 __all__ = ["FocalLossRetinaNet"]
+
+logger = logging.getLogger(__name__)
 
 BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
 
@@ -117,7 +120,8 @@ class FocalLossRetinaNet(DenseDetector):
             channels_last: keep the backbone's and head's weights (hence their activations) in the
                 channels-last memory format.
             compile_dense: compile the backbone and the head with ``torch.compile`` (labelling,
-                losses and post-processing stay eager); each new image size may recompile.
+                losses and post-processing stay eager). Channels-last: two compiles (the first
+                size, then one graph for every size); contiguous: one per image size in training.
             pixel_mean, pixel_std: image normalisation, see :class:`DenseDetector`.
         """
         super().__init__(
@@ -156,9 +160,7 @@ class FocalLossRetinaNet(DenseDetector):
             self.backbone.to(memory_format=torch.channels_last)
             self.head.to(memory_format=torch.channels_last)
         if compile_dense:
-            # In place, so that parameter names (and checkpoints) stay those of the eager model.
-            self.backbone.compile()
-            self.head.compile()
+            _compile_dense_part(self.backbone, self.head, channels_last)
         # A buffer, so that the moving average is saved in checkpoints and restored on resume.
         self.register_buffer("loss_normalizer_ema", torch.tensor(EMA_NORMALIZER_START))
 
@@ -416,6 +418,27 @@ def build_box2box_transform(weights: Sequence[float]) -> Box2BoxTransform:
             f"Detectron2's default: [1.0, 1.0, 1.0, 1.0]), got {list(weights)}."
         )
     return Box2BoxTransform(weights=tuple(values))
+
+
+def _compile_dense_part(backbone: nn.Module, head: nn.Module, channels_last: bool) -> None:
+    """
+    Compile ``backbone`` and ``head`` in place (their parameter names, hence checkpoints, stay the
+    eager model's).
+
+    Inductor lays convolutions out channels-last only in graphs that hold a forward convolution,
+    so on its own it gives the backward graphs fixed strides and recompiles them for every padded
+    image size; forcing its layout optimisation keeps them channels-last, and a training run
+    compiles twice (the first size, then one dynamic-shape graph for all sizes).
+    """
+    if not channels_last:
+        logger.warning(
+            "MODEL.RETINANET_FL.COMPILE with CHANNELS_LAST False compiles the backbone and head "
+            "again for every new image size in training; set MODEL.RETINANET_FL.CHANNELS_LAST "
+            "True (the default) to compile them once for all sizes."
+        )
+    options = {"force_layout_optimization": True}
+    backbone.compile(options=options)
+    head.compile(options=options)
 
 
 def _validate_meta_arch_params(

@@ -3,12 +3,15 @@ MODEL.RETINANET_FL.CHANNELS_LAST and COMPILE change how the model runs, not what
 inference and in training (fp32 and CPU bf16 autocast).
 """
 
+import logging
+
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
+from retinanet_fl.modeling import meta_arch
 from tests.modeling.test_meta_arch import build_pair, make_batch, our_cfg
 
 
@@ -105,3 +108,37 @@ def test_compiled_training_steps_give_the_eager_losses(amp, rtol):
         for key, expected in losses["eager"].items():
             assert torch.isfinite(expected)
             torch.testing.assert_close(losses["compiled"][key], expected, rtol=rtol, atol=1e-6)
+
+
+def _graphs_built() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def test_compiled_training_compiles_twice_for_all_image_sizes():
+    # Sizes whose P7 maps are at least 2×2: a size-1 dimension is specialised by dynamo.
+    torch._dynamo.reset()
+    model = _build_like(_eager_model(), COMPILE=True).train()
+    optimizer = build_optimizer(our_cfg(), model)
+    graphs_per_size = []
+    for step, (height, width) in enumerate([(160, 192), (192, 160), (256, 160), (224, 256)]):
+        before = _graphs_built()
+        with EventStorage():
+            losses = model(make_batch(step, sizes=((height, width, 2), (height - 32, width, 1))))
+        assert all(torch.isfinite(loss) for loss in losses.values())
+        sum(losses.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        graphs_per_size.append(_graphs_built() - before)
+    # The first size: a static graph each for the backbone and the head (and the loss kernel's);
+    # the second: one dynamic-shape graph each, which every later size reuses.
+    assert graphs_per_size[1:] == [2, 0, 0], graphs_per_size
+
+
+def test_compile_with_the_contiguous_layout_warns_that_it_recompiles(caplog):
+    logger = logging.getLogger(meta_arch.__name__)
+    logger.addHandler(caplog.handler)
+    try:
+        _build_like(_eager_model(), COMPILE=True, CHANNELS_LAST=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert any("CHANNELS_LAST True" in r.getMessage() for r in caplog.records)
