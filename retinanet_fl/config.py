@@ -81,9 +81,10 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
 
     # Speed (docs/BENCHMARKS.md): the backbone, FPN and head in the channels-last memory format
     # (NHWC, which oneDNN and cuDNN convolutions prefer; on the CPU 8-10% faster in inference and
-    # 5-10% in training, measured), and/or compiled with torch.compile (off: ~50 s of compiling
-    # per model, paid back after ~150 images in CPU inference).
+    # 5-10% in training, measured); frozen batch norms folded into the convolutions before them;
+    # and/or compiled with torch.compile (off: see docs/BENCHMARKS.md for its break-even).
     _C.MODEL.RETINANET_FL.CHANNELS_LAST = True
+    _C.MODEL.RETINANET_FL.FOLD_FROZEN_BN = True
     _C.MODEL.RETINANET_FL.COMPILE = False
 
     # "SGD" (Detectron2's and the paper's, with SOLVER.MOMENTUM) or "AdamW" (β = SOLVER.ADAM_BETAS),

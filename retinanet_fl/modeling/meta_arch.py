@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss, cls_loss_has_background_logit
+from .frozen_bn import fold_frozen_batchnorm
 from .head import RetinaNetFocalHead
 from .loss_normalizer import (
     EMA_NORMALIZER_START,
@@ -86,6 +87,7 @@ class FocalLossRetinaNet(DenseDetector):
         max_detections_per_image: int = 100,
         background_logit: bool = False,
         channels_last: bool = True,
+        fold_frozen_bn: bool = True,
         compile_dense: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -119,6 +121,8 @@ class FocalLossRetinaNet(DenseDetector):
                 dropped; False: K logits, scores are their sigmoids.
             channels_last: keep the backbone's and head's weights (hence their activations) in the
                 channels-last memory format.
+            fold_frozen_bn: run each convolution followed by a ``FrozenBatchNorm2d`` as one
+                convolution (:mod:`.frozen_bn`): the same function with fewer passes over memory.
             compile_dense: compile the backbone and the head with ``torch.compile`` (labelling,
                 losses and post-processing stay eager). Channels-last: two compiles (the first
                 size, then one graph for every size); contiguous: one per image size in training.
@@ -154,6 +158,8 @@ class FocalLossRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.background_logit = background_logit
+        if fold_frozen_bn:
+            fold_frozen_batchnorm(self.backbone)
         if channels_last:
             # The images need no conversion: a convolution with channels-last weights gives
             # channels-last outputs, so every layer after the stem runs in that format.
@@ -201,6 +207,7 @@ class FocalLossRetinaNet(DenseDetector):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "background_logit": cls_loss_has_background_logit(cfg),
             "channels_last": cfg.MODEL.RETINANET_FL.CHANNELS_LAST,
+            "fold_frozen_bn": cfg.MODEL.RETINANET_FL.FOLD_FROZEN_BN,
             "compile_dense": cfg.MODEL.RETINANET_FL.COMPILE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
