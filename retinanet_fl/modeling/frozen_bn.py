@@ -10,7 +10,7 @@ call, so gradients reach W as they did, a checkpoint loaded later is folded too,
 and buffer names (hence checkpoints) stay Detectron2's.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
@@ -57,8 +57,7 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     """
     folded = 0
     for conv in module.modules():
-        norm: Optional[nn.Module] = getattr(conv, "norm", None)
-        if type(conv) is Conv2d and type(norm) is FrozenBatchNorm2d:
+        if type(conv) is Conv2d and type(conv.norm) is FrozenBatchNorm2d:
             conv.__class__ = FrozenBNFoldedConv2d
             folded += 1
     return folded
