@@ -35,7 +35,13 @@ from .results import (
 )
 from .train import TrainStep
 
-__all__ = ["COMPILE_KEY", "coco_like_sizes", "coco_like_batches", "benchmark_compile"]
+__all__ = [
+    "COMPILE_KEY",
+    "coco_like_sizes",
+    "coco_like_batches",
+    "graph_count",
+    "benchmark_compile",
+]
 
 NUM_BOXES = 8  # GT boxes per training image, as in the train benchmark
 # What one call of each mode does, as the report says it.
@@ -111,7 +117,8 @@ def coco_like_batches(
     return batches[:num_batches]
 
 
-def _graph_count() -> int:
+def graph_count() -> int:
+    """Graphs torch.compile has built in this process (dynamo's counter)."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
@@ -218,15 +225,15 @@ def _time_mode(
     entries, losses = [], []
     for sizes, batch in zip(batches, inputs):
         eager_s, eager_losses = timed(EAGER, batch)
-        graphs_before = _graph_count()
+        graphs_before = graph_count()
         compiled_s, compiled_losses = timed(COMPILED, batch)
-        graphs = _graph_count() - graphs_before
+        graphs = graph_count() - graphs_before
         padded = _padded(sizes, divisibility)
         entries.append(CompileEntry([list(s) for s in sizes], *padded, eager_s, compiled_s, graphs))
         if eager_losses is not None:
             losses.append((eager_losses, compiled_losses))
     steady: Dict[str, List[float]] = {EAGER: [], COMPILED: []}
-    graphs_before = _graph_count()
+    graphs_before = graph_count()
     for repeat in range(steady_repeats):
         for index, batch in enumerate(inputs):
             order = [EAGER, COMPILED] if (repeat + index) % 2 == 0 else [COMPILED, EAGER]
@@ -241,7 +248,7 @@ def _time_mode(
         batch_size=len(batches[0]),
         entries=entries,
         steady_times_s=steady,
-        steady_compiled_graphs=_graph_count() - graphs_before,
+        steady_compiled_graphs=graph_count() - graphs_before,
         steady_ratio_compiled_vs_eager=median_s[COMPILED] / median_s[EAGER],
         compile_overhead_s=overhead,
         break_even_calls=overhead / saving if saving > 0 else None,

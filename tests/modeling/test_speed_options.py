@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.utils.events import EventStorage
 
+from retinanet_fl.benchmark.compiled import graph_count
 from retinanet_fl.modeling import meta_arch
 from tests.modeling.test_meta_arch import build_pair, make_batch, our_cfg
 
@@ -110,10 +111,6 @@ def test_compiled_training_steps_give_the_eager_losses(amp, rtol):
             torch.testing.assert_close(losses["compiled"][key], expected, rtol=rtol, atol=1e-6)
 
 
-def _graphs_built() -> int:
-    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-
-
 def test_compiled_training_compiles_twice_for_all_image_sizes():
     # Sizes whose P7 maps are at least 2×2: a size-1 dimension is specialised by dynamo.
     torch._dynamo.reset()
@@ -121,14 +118,14 @@ def test_compiled_training_compiles_twice_for_all_image_sizes():
     optimizer = build_optimizer(our_cfg(), model)
     graphs_per_size = []
     for step, (height, width) in enumerate([(160, 192), (192, 160), (256, 160), (224, 256)]):
-        before = _graphs_built()
+        before = graph_count()
         with EventStorage():
             losses = model(make_batch(step, sizes=((height, width, 2), (height - 32, width, 1))))
         assert all(torch.isfinite(loss) for loss in losses.values())
         sum(losses.values()).backward()
         optimizer.step()
         optimizer.zero_grad()
-        graphs_per_size.append(_graphs_built() - before)
+        graphs_per_size.append(graph_count() - before)
     # The first size: a static graph each for the backbone and the head (and the loss kernel's);
     # the second: one dynamic-shape graph each, which every later size reuses.
     assert graphs_per_size[1:] == [2, 0, 0], graphs_per_size
