@@ -38,6 +38,8 @@ from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from .by_path import SPEC_HELP, register_path_datasets
+
 __all__ = [
     "DatasetReport",
     "MIN_BOX_SIZE",
@@ -178,6 +180,13 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
         the dataset dicts, and the report that counts the dropped annotations.
     """
     report = DatasetReport(dataset_name)
+    register_path_datasets([dataset_name])
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(
+            f"Dataset '{dataset_name}' is not registered"
+            + (f" (did you mean 'coco:{dataset_name}'?)" if dataset_name.endswith(".json") else "")
+            + f". {SPEC_HELP} Registered names: see detectron2.data.DatasetCatalog.list()."
+        )
     try:
         dataset_dicts = DatasetCatalog.get(dataset_name)
     except KeyError as error:
@@ -191,7 +200,10 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
             "that returns one."
         )
     if not dataset_dicts:
-        raise ValueError(f"Dataset '{dataset_name}' has no images.")
+        raise ValueError(
+            f"Dataset '{dataset_name}' has no images: the split is empty. Give DATASETS.TRAIN / "
+            "DATASETS.TEST a split with images."
+        )
     return dataset_dicts, report
 
 

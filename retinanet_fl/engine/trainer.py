@@ -22,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
+from ..data.classes import CHECKPOINT_KEY, ClassMetadataState, dataset_class_metadata
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
@@ -119,6 +120,9 @@ class Trainer(DefaultTrainer):
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Every checkpoint carries the classes, so predict and export name them without the data.
+        class_metadata = dataset_class_metadata(cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
+        self.checkpointer.add_checkpointable(CHECKPOINT_KEY, ClassMetadataState(class_metadata))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

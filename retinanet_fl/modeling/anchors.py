@@ -11,6 +11,7 @@ Table 1c's rows (1×1 … 4×3) differ only in ``MODEL.RETINANET_FL.ANCHOR_SCALE
 import math
 from typing import List, Sequence
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
@@ -96,6 +97,26 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
             "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
         }
+
+    def _grid_anchors(self, grid_sizes: List[List[int]]) -> List[torch.Tensor]:
+        """
+        Detectron2's anchors per level, ``(H_l * W_l * A, 4)``, from a grid built with explicit
+        "ij" indexing: Detectron2's omits it, which makes torch warn on every training step.
+        """
+        anchors = []
+        for (height, width), stride, cell_anchors in zip(
+            grid_sizes, self.strides, self.cell_anchors
+        ):
+            start = self.offset * stride
+            options = dict(dtype=torch.float32, device=cell_anchors.device)
+            shift_y, shift_x = torch.meshgrid(
+                torch.arange(start, height * stride, step=stride, **options),
+                torch.arange(start, width * stride, step=stride, **options),
+                indexing="ij",
+            )
+            shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
+            anchors.append((shifts + cell_anchors.view(1, -1, 4)).reshape(-1, 4))
+        return anchors
 
 
 def _validate_octave_params(strides, anchor_scale, scales_per_octave, aspect_ratios, offset):
