@@ -1,14 +1,15 @@
 r"""
 Check that the anchors and the input size suit a dataset's objects, before training on it.
 
-    python -m retinanet_fl.check_data --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
+    python -m retinanet_fl.check_data \
+        --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
         DATASETS.TRAIN '("coco:data/train.json:data/images",)'
 
-resizes every box of ``DATASETS.TRAIN`` (a sample of ``--max-images``) as the test-time resize would (``INPUT.MIN_SIZE_TEST``,
-``MAX_SIZE_TEST``), prints its size and aspect histograms beside the anchors' sizes and ratios,
-and the share of boxes that reach IoU >= 0.5 (a foreground anchor) and >= 0.4 with some anchor of
-the configured generator. When fewer than :data:`GOOD_SHARE` reach 0.5 it tries other
-``MODEL.RETINANET_FL.ANCHOR_SCALE`` values and input sizes and prints the best ones.
+resizes every box of ``DATASETS.TRAIN`` (a sample of ``--max-images``) as the test-time resize
+would (``INPUT.MIN_SIZE_TEST``, ``MAX_SIZE_TEST``), prints its size and aspect histograms beside
+the anchors' sizes and ratios, and the share of boxes that reach IoU >= 0.5 (a foreground anchor)
+and >= 0.4 with some anchor of the configured generator. When fewer than :data:`GOOD_SHARE` reach
+0.5, it tries other ``MODEL.RETINANET_FL.ANCHOR_SCALE`` values and input sizes and prints the best.
 """
 
 import argparse
@@ -140,13 +141,15 @@ class AnchorFit:
         anchor_sizes = [
             float(torch.sqrt(c[0, 2:].sub(c[0, :2]).prod())) for c in generator.cell_anchors
         ]
+        ratios = list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)
+        ratios = list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)
         lines = [
             f"{len(boxes)} boxes in {len(images)} images, resized to a shortest edge of "
             f"{cfg.INPUT.MIN_SIZE_TEST} px (at most {cfg.INPUT.MAX_SIZE_TEST}).",
             "Box size (square root of the area, px); smallest anchor of each level: "
             + ", ".join(f"{size:.0f}" for size in anchor_sizes),
             *histogram(np.sqrt(widths * heights), SIZE_BINS, _bin_labels(SIZE_BINS, "{:g}".format)),
-            f"Box aspect (height / width); anchors: {list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)}",
+            f"Box aspect (height / width); anchors: {ratios}",
             *histogram(heights / widths, ASPECT_BINS, _bin_labels(ASPECT_BINS, "{:.2g}".format)),
         ]
         best = best_anchor_ious(generator, self.strides, images)
@@ -166,9 +169,7 @@ class AnchorFit:
                 trials.append((np.mean(best >= IOU_LEVELS[0]), scale, factor, best))
         # Best share first; among equals, the smallest change of input size, then of scale.
         current = self.cfg.MODEL.RETINANET_FL.ANCHOR_SCALE
-        trials.sort(
-            key=lambda t: (-t[0], abs(math.log(t[2])), abs(math.log(t[1] / current)))
-        )
+        trials.sort(key=lambda t: (-t[0], abs(math.log(t[2])), abs(math.log(t[1] / current))))
         lines = [f"Fewer than {100 * GOOD_SHARE:.0f} % reach IoU 0.5. Settings that fit better:"]
         for _, scale, factor, best in trials[:3]:
             lines.append(
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
         help="measure a random sample of this many training images (default 500)",
     )
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help='overrides, e.g. DATASETS.TRAIN \'("coco:...",)\''
+        "opts", nargs=argparse.REMAINDER, help="overrides, e.g. DATASETS.TRAIN '(\"coco:...\",)'"
     )
     args = parser.parse_args(argv)
     setup_logger(name="retinanet_fl")

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import cv2
 import numpy as np

@@ -25,11 +25,15 @@ from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["COCO_PREFIX", "VOC_PREFIX", "is_path_dataset", "register_path_datasets"]
 
 COCO_PREFIX = "coco:"
 VOC_PREFIX = "voc:"
 DEFAULT_VOC_SPLIT = "trainval"
+# What Detectron2's Pascal VOC evaluator reads of every <object>, besides its name and box.
+VOC_EVALUATOR_FIELDS = ("pose", "truncated", "difficult")
 SPEC_HELP = (
     'Give datasets by path as DATASETS.TRAIN ("coco:path/to/train.json:path/to/images",) or '
     '("voc:path/to/VOC_folder:trainval",).'
@@ -50,7 +54,9 @@ def _split_spec(name: str, prefix: str) -> Tuple[str, str]:
     """``prefix + path[:second]`` -> (path, second or "")."""
     parts = name[len(prefix) :].split(":")
     if len(parts) > 2 or not parts[0]:
-        raise ValueError(f"Dataset {name!r} is not of the form '{prefix}<path>[:<...>]'. {SPEC_HELP}")
+        raise ValueError(
+            f"Dataset {name!r} is not of the form '{prefix}<path>[:<...>]'. {SPEC_HELP}"
+        )
     return parts[0], parts[1] if len(parts) == 2 else ""
 
 
@@ -165,13 +171,22 @@ def voc_class_names(folder: str) -> List[str]:
             f"{folder} is not a Pascal VOC folder: it has no Annotations/ (expected Annotations/, "
             f"ImageSets/Main/<split>.txt and JPEGImages/). {SPEC_HELP}"
         )
-    names = set()
+    names, incomplete = set(), []
     for file_name in sorted(os.listdir(annotations)):
         if file_name.endswith(".xml"):
-            tree = ET.parse(os.path.join(annotations, file_name))
-            names.update(node.text for node in tree.findall("object/name"))
+            objects = ET.parse(os.path.join(annotations, file_name)).findall("object")
+            names.update(obj.findtext("name") for obj in objects)
+            if any(obj.find(key) is None for obj in objects for key in VOC_EVALUATOR_FIELDS):
+                incomplete.append(file_name)
     if not names:
         raise ValueError(f"{annotations} has no <object><name> in any .xml file: no classes.")
+    if incomplete:
+        logger.warning(
+            f"{len(incomplete)} files in {annotations} (e.g. {incomplete[0]}) have objects "
+            f"without {', '.join(f'<{key}>' for key in VOC_EVALUATOR_FIELDS)}: training reads "
+            "them, but Detectron2's Pascal VOC evaluator needs them and will fail on this folder. "
+            "Add <pose>Unspecified</pose> <truncated>0</truncated> <difficult>0</difficult>."
+        )
     return list(VOC_CLASS_NAMES) if names <= set(VOC_CLASS_NAMES) else sorted(names)
 
 

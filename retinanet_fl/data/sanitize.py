@@ -182,7 +182,7 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
     report = DatasetReport(dataset_name)
     register_path_datasets([dataset_name])
     if dataset_name not in DatasetCatalog.list():
-        raise KeyError(
+        raise ValueError(
             f"Dataset '{dataset_name}' is not registered"
             + (f" (did you mean 'coco:{dataset_name}'?)" if dataset_name.endswith(".json") else "")
             + f". {SPEC_HELP} Registered names: see detectron2.data.DatasetCatalog.list()."

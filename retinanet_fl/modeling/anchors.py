@@ -104,14 +104,17 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
         "ij" indexing: Detectron2's omits it, which makes torch warn on every training step.
         """
         anchors = []
-        for (height, width), stride, cell_anchors in zip(
-            grid_sizes, self.strides, self.cell_anchors
-        ):
+        # A list of the buffers rather than the BufferList itself, which TorchScript cannot zip.
+        cell_anchors_per_level: List[torch.Tensor] = [
+            b for _, b in self.cell_anchors.named_buffers()
+        ]
+        for size, stride, cell_anchors in zip(grid_sizes, self.strides, cell_anchors_per_level):
+            height, width = size[0], size[1]
             start = self.offset * stride
-            options = dict(dtype=torch.float32, device=cell_anchors.device)
+            device = cell_anchors.device
             shift_y, shift_x = torch.meshgrid(
-                torch.arange(start, height * stride, step=stride, **options),
-                torch.arange(start, width * stride, step=stride, **options),
+                torch.arange(start, height * stride, stride, dtype=torch.float32, device=device),
+                torch.arange(start, width * stride, stride, dtype=torch.float32, device=device),
                 indexing="ij",
             )
             shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
