@@ -139,8 +139,10 @@ def test_bad_boxes_are_dropped_or_clipped_with_a_warning_naming_the_file(
     assert "1 boxes with zero or negative width or height" in summary
     assert "1 boxes entirely outside the image" in summary
     assert "clipped 1 boxes to the image" in summary
+    # The entries, as the user finds them in the JSON, and what to do.
+    assert "with zero or negative width or height: annotation" in summary
+    assert "bbox [10.0, 10.0, 0.0, 5.0] of " in summary and "fix them in the annotations" in summary
     num_boxes = sum(len(record["annotations"]) for record in dataset_dicts)
-    _, report = load_dataset_dicts(own_coco["train"])
     original = sum(len(record["annotations"]) for record in load_dataset_dicts(name)[0])
     assert num_boxes == original - 2
 
