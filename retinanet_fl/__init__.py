@@ -6,7 +6,6 @@
 from . import (
     data,  # noqa: F401  registers the datasets
     modeling,  # noqa: F401  registers the models and losses
-    pretrain,  # noqa: F401  registers synthetic-pretrained:// for MODEL.WEIGHTS
 )
 from .config import add_retinanet_fl_config, get_cfg
 
