@@ -12,7 +12,6 @@ with warnings.catch_warnings():
     from . import (
         data,  # noqa: F401  registers the datasets
         modeling,  # noqa: F401  registers the models and losses
-        pretrain,  # noqa: F401  registers synthetic-pretrained:// for MODEL.WEIGHTS
     )
 from .config import add_retinanet_fl_config, get_cfg
 
