@@ -4,9 +4,9 @@ initialisation: a ResNet trained once to classify small images holding one synth
 none) and shared by every run that starts from it.
 
 ``MODEL.WEIGHTS "synthetic-pretrained://R-18"`` loads it like Detectron2's
-``detectron2://ImageNetPretrained/...`` weights (the Trainer registers the URL scheme; elsewhere,
-call :func:`register_handler` first): the first use trains it (minutes on the CPU) and
-caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change); later uses
+``detectron2://ImageNetPretrained/...`` weights (our checkpointer registers the URL scheme; for
+Detectron2's own, call :func:`register_handler` first): the first use trains it (minutes on the
+CPU) and caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change); later uses
 read the file. Path segments change the recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
 ``python -m retinanet_fl.pretrain R-18`` builds it ahead of time and prints where it is.
 
@@ -17,6 +17,7 @@ Detectron2's default ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, and ``MODEL.RESNETS.N
 import argparse
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -291,10 +292,11 @@ class SyntheticPretrainedHandler(PathHandler):
         return PathManager.open(self._get_local_path(path), mode, **kwargs)
 
 
+@functools.cache  # PathManager refuses a second handler for the same prefix
 def register_handler() -> None:
     """
     Let Detectron2's checkpointers (their PathManager) read ``synthetic-pretrained://`` URLs.
-    The Trainer calls it when ``MODEL.WEIGHTS`` is one; calling it again is harmless.
+    Our checkpointer calls it when asked to load such a URL; calling it again does nothing.
     """
     PathManager.register_handler(SyntheticPretrainedHandler())
 

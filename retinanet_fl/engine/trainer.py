@@ -21,7 +21,6 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDete
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .. import pretrain
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
 from ..data.classes import CHECKPOINT_KEY, ClassMetadataState, dataset_class_metadata
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
@@ -132,12 +131,9 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode):
         """
         Detectron2's ``build_model``, after :func:`check_model_config` (so ``train_net.py
-        --eval-only`` checks the config too); a ``synthetic-pretrained://`` ``MODEL.WEIGHTS``
-        becomes readable by the checkpointers.
+        --eval-only`` checks the config too).
         """
         check_model_config(cfg)
-        if cfg.MODEL.WEIGHTS.startswith(pretrain.PREFIX):
-            pretrain.register_handler()
         model = super().build_model(cfg)
         warn_unread_anchor_sizes(cfg, model)
         return model
