@@ -6,8 +6,8 @@ none) and shared by every run that starts from it.
 ``MODEL.WEIGHTS "synthetic-pretrained://R-18"`` loads it like Detectron2's
 ``detectron2://ImageNetPretrained/...`` weights (our checkpointer registers the URL scheme; for
 Detectron2's own, call :func:`register_handler` first): the first use trains it (minutes on the
-CPU) and caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change); later uses
-read the file. Path segments change the recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
+CPU) and caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change);
+later uses read the file. Path segments change the recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
 ``python -m retinanet_fl.pretrain R-18`` builds it ahead of time and prints where it is.
 
 The recipe assumes the detector's input as the shipped configs have it: BGR images normalised with
