@@ -15,6 +15,9 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as get_detectron2_cfg
 
+from .data.by_path import register_path_datasets
+from .data.classes import check_same_classes, resolve_num_classes
+
 
 def add_retinanet_fl_config(cfg: CN) -> CN:
     """
@@ -102,15 +105,20 @@ def get_cfg() -> CN:
     return add_retinanet_fl_config(get_detectron2_cfg())
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+def load_config(config_file: str, opts: Sequence[str] = (), for_inference: bool = False) -> CN:
     """
     Build a config the way this project's tools do: defaults, then the file, then ``KEY VALUE``
     overrides. On a machine without CUDA, a CUDA ``MODEL.DEVICE`` falls back to the CPU with a
-    warning.
+    warning. Datasets given by path in ``DATASETS.TRAIN`` / ``TEST`` are registered
+    (:mod:`retinanet_fl.data.by_path`), their classes checked against each other, and a
+    ``MODEL.RETINANET.NUM_CLASSES`` of 0 set to the number of classes of the data (for
+    inference, of the ``MODEL.WEIGHTS`` checkpoint first).
 
     Args:
         config_file: a YAML config (may use ``_BASE_``); empty for the defaults alone.
         opts: overrides as a flat list, e.g. ``["SOLVER.MAX_ITER", "100"]``.
+        for_inference: True when only the trained model is needed (predict, export): a dataset
+            file that does not exist is then skipped instead of being an error.
 
     Returns:
         the config, not frozen.
@@ -129,4 +137,8 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
             "Set MODEL.DEVICE cpu to silence this."
         )
         cfg.MODEL.DEVICE = "cpu"
+    dataset_names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    register_path_datasets(dataset_names, skip_missing=for_inference)
+    check_same_classes(dataset_names)
+    resolve_num_classes(cfg, for_inference)
     return cfg

@@ -16,13 +16,12 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
@@ -33,6 +32,7 @@ from detectron2.utils.visualizer import Visualizer
 
 import retinanet_fl  # noqa: F401  registers our model and datasets
 from retinanet_fl.config import load_config
+from retinanet_fl.data.classes import metadata_for_inference
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.export.runtime import ExportedDetector
@@ -87,11 +87,7 @@ class CheckpointRunner:
     def __init__(self, cfg: CfgNode):
         self.predictor = build_predictor(cfg)
         self.tta = DenseDetectorWithTTA(cfg, self.predictor.model) if cfg.TEST.AUG.ENABLED else None
-        self.metadata = (
-            MetadataCatalog.get(cfg.DATASETS.TEST[0])
-            if cfg.DATASETS.TEST
-            else MetadataCatalog.get("__unused")
-        )
+        self.metadata = metadata_for_inference(cfg)
 
     def __call__(self, images_bgr: List[np.ndarray]) -> List[Instances]:
         """Returns: each image's detections, on the CPU, in its pixels."""
@@ -122,6 +118,10 @@ class ExportedRunner:
         self.metadata = Metadata(name=os.path.basename(path))
         if settings["class_names"]:
             self.metadata.thing_classes = settings["class_names"]
+        if settings.get("category_ids"):
+            self.metadata.thing_dataset_id_to_contiguous_id = {
+                category_id: index for index, category_id in enumerate(settings["category_ids"])
+            }
 
     def __call__(self, images_bgr: List[np.ndarray]) -> List[Instances]:
         """Returns: each image's detections, on the CPU, in its pixels."""
@@ -161,7 +161,15 @@ def _original_inputs(image: np.ndarray) -> Dict:
     return {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))}
 
 
-def _detections(instances, class_names: Optional[List[str]]) -> List[Dict]:
+def _detections(instances: Instances, metadata: Metadata) -> List[Dict]:
+    """
+    Returns:
+        one dict per detection: "bbox_xyxy", "score", "class_id" (the model's index 0..K-1), and
+        when known "category_id" (the dataset's id) and "class_name".
+    """
+    class_names = metadata.get("thing_classes", None)
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
+    category_ids = {index: category_id for category_id, index in id_map.items()}
     detections = []
     for box, score, label in zip(
         instances.pred_boxes.tensor.tolist(),
@@ -173,6 +181,8 @@ def _detections(instances, class_names: Optional[List[str]]) -> List[Dict]:
             "score": round(score, 4),
             "class_id": label,
         }
+        if label in category_ids:
+            detection["category_id"] = category_ids[label]
         if class_names:
             detection["class_name"] = class_names[label]
         detections.append(detection)
@@ -221,7 +231,6 @@ def predict_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
     metadata = runner.metadata
-    class_names = metadata.get("thing_classes", None)
     os.makedirs(output_dir, exist_ok=True)
     lines_path = os.path.join(output_dir, "predictions.jsonl")
     records = _finished_images(lines_path) if resume and os.path.exists(lines_path) else []
@@ -248,7 +257,7 @@ def predict_images(
                     os.path.join(output_dir, os.path.basename(path)),
                     drawn.get_image()[:, :, ::-1],
                 )
-                record = {"file_name": path, "detections": _detections(instances, class_names)}
+                record = {"file_name": path, "detections": _detections(instances, metadata)}
                 lines.write(json.dumps(record) + "\n")
                 lines.flush()
                 records.append(record)
@@ -318,7 +327,7 @@ def main(argv=None) -> int:
             )
         model = args.exported
     else:
-        model = load_config(args.config_file, args.opts)
+        model = load_config(args.config_file, args.opts, for_inference=True)
         if not model.MODEL.WEIGHTS:
             raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
     summary = predict_images(

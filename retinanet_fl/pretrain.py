@@ -4,7 +4,8 @@ initialisation: a ResNet trained once to classify small images holding one synth
 none) and shared by every run that starts from it.
 
 ``MODEL.WEIGHTS "synthetic-pretrained://R-18"`` loads it like Detectron2's
-``detectron2://ImageNetPretrained/...`` weights: the first use trains it (minutes on the CPU) and
+``detectron2://ImageNetPretrained/...`` weights (the Trainer registers the URL scheme; elsewhere,
+call :func:`register_handler` first): the first use trains it (minutes on the CPU) and
 caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change); later uses
 read the file. Path segments change the recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
 ``python -m retinanet_fl.pretrain R-18`` builds it ahead of time and prints where it is.
@@ -39,7 +40,13 @@ from torch import Tensor, nn
 from .config import get_cfg
 from .data.synthetic.render import SYNTHETIC_CLASSES, render_image
 
-__all__ = ["PretrainRecipe", "pretrained_backbone_path", "SyntheticPretrainedHandler", "PREFIX"]
+__all__ = [
+    "PREFIX",
+    "PretrainRecipe",
+    "SyntheticPretrainedHandler",
+    "pretrained_backbone_path",
+    "register_handler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +291,12 @@ class SyntheticPretrainedHandler(PathHandler):
         return PathManager.open(self._get_local_path(path), mode, **kwargs)
 
 
-PathManager.register_handler(SyntheticPretrainedHandler())
+def register_handler() -> None:
+    """
+    Let Detectron2's checkpointers (their PathManager) read ``synthetic-pretrained://`` URLs.
+    The Trainer calls it when ``MODEL.WEIGHTS`` is one; calling it again is harmless.
+    """
+    PathManager.register_handler(SyntheticPretrainedHandler())
 
 
 def main(argv: Optional[List[str]] = None) -> None:

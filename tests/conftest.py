@@ -3,7 +3,9 @@ Fixtures shared by the test modules: a small config of our paper model on the CP
 registered dataset, and the warnings of the config checks.
 """
 
+import json
 import logging
+import os
 import uuid
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image
 
 import retinanet_fl  # noqa: F401  registers the model and the datasets
 from retinanet_fl.config import load_config
-from retinanet_fl.data.synthetic import generate_synthetic_coco
+from retinanet_fl.data.synthetic import SPLITS, generate_synthetic_coco
 from retinanet_fl.engine import checks
 from retinanet_fl.model_zoo import get_config_file
 
@@ -155,3 +157,31 @@ def datasets_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     generate_synthetic_coco(str(root / "synthetic"), num_train=16, num_val=4, image_size=64, seed=3)
     return str(root)
+
+
+# The dataset's own category ids (not 1..K) and names, in the synthetic classes' order.
+OWN_CATEGORIES = {3: "apple", 7: "kiwi", 12: "plum", 20: "fig", 21: "lime", 40: "pear"}
+
+
+def _write_own_coco(synthetic_root, out_dir, split):
+    """Rewrite a synthetic split as a user's COCO JSON with ``OWN_CATEGORIES``; returns its
+    ``coco:<json>:<image_root>`` name."""
+    with open(os.path.join(synthetic_root, "annotations", f"instances_{split}.json")) as f:
+        content = json.load(f)
+    own_ids = list(OWN_CATEGORIES)
+    content["categories"] = [{"id": i, "name": name} for i, name in OWN_CATEGORIES.items()]
+    for annotation in content["annotations"]:
+        annotation["category_id"] = own_ids[annotation["category_id"] - 1]
+    json_file = os.path.join(out_dir, f"{split}.json")
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    return f"coco:{json_file}:{os.path.join(synthetic_root, split)}"
+
+
+@pytest.fixture(scope="session")
+def own_coco(tmp_path_factory):
+    """A user's COCO-format dataset (16 + 4 images of 64 px) with non-contiguous category ids and
+    names of its own: split -> its ``coco:`` dataset name."""
+    root = tmp_path_factory.mktemp("own_coco")
+    generate_synthetic_coco(str(root / "images"), num_train=16, num_val=4, image_size=64, seed=5)
+    return {split: _write_own_coco(str(root / "images"), str(root), split) for split in SPLITS}

@@ -10,6 +10,7 @@ from detectron2.modeling import build_model
 from retinanet_fl import pretrain
 from retinanet_fl.data.synthetic.render import SYNTHETIC_CLASSES
 from retinanet_fl.pretrain import NO_OBJECT, PretrainRecipe, render_classification_set
+from tests.test_train_net import run_train_net
 
 TINY = (
     "synthetic-pretrained://R-18/iters=2/num_images=16/num_val_images=8/batch_size=4/image_size=32"
@@ -45,6 +46,7 @@ def test_weights_url_trains_once_then_loads_from_the_cache(small_cfg, tmp_path, 
     monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path))
     cfg = small_cfg("MODEL.RESNETS.NORM", "BN")
     model = build_model(cfg)
+    pretrain.register_handler()
     DetectionCheckpointer(model).load(TINY)
 
     (cached,) = tmp_path.glob("synthetic_R-18_*.pth")
@@ -65,3 +67,12 @@ def test_weights_url_trains_once_then_loads_from_the_cache(small_cfg, tmp_path, 
     DetectionCheckpointer(fresh).load(TINY)
     loaded = fresh.backbone.bottom_up.res5[0].conv1.weight
     assert torch.equal(loaded, state["backbone.bottom_up.res5.0.conv1.weight"])
+
+
+def test_train_net_reads_the_weights_url(datasets_root, tmp_path, monkeypatch):
+    # A fresh process, where only the Trainer can have registered the URL scheme.
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    opts = ["MODEL.WEIGHTS", TINY, "MODEL.RESNETS.NORM", "BN", "DATASETS.TEST", "()"]
+    output = run_train_net(datasets_root, tmp_path / "out", "--eval-only", opts=opts)
+    (cached,) = (tmp_path / "cache").glob("synthetic_R-18_*.pth")
+    assert f"[Checkpointer] Loading from {cached}" in output

@@ -139,9 +139,14 @@ def test_resume_continues_from_saved_iteration_with_same_lr(trained_run, dataset
 
 
 def test_two_gloo_workers_match_one_process(datasets_root, tmp_path):
+    # The training set given by path: every worker registers it.
+    synthetic = os.path.join(datasets_root, "synthetic")
+    train_json = os.path.join(synthetic, "annotations", "instances_train.json")
     # Frozen BatchNorm and no flip, so one image on each of 2 workers sees exactly what a batch of 2
     # sees.
     opts = [
+        "DATASETS.TRAIN",
+        f"('coco:{train_json}:{os.path.join(synthetic, 'train')}',)",
         "SOLVER.MAX_ITER",
         "1",
         "SOLVER.IMS_PER_BATCH",

@@ -38,6 +38,8 @@ from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from .by_path import SPEC_HELP, register_path_datasets
+
 __all__ = [
     "DatasetReport",
     "MIN_BOX_SIZE",
@@ -76,6 +78,7 @@ class DatasetReport:
         dropped: reason -> boxes dropped for it.
         unknown_category_ids: category id -> boxes dropped because the dataset has no such category.
         num_clipped: boxes partly outside their image, clipped to it.
+        first_dropped: reason -> the first annotation dropped for it (its id and image file).
         num_images_without_annotations: images registered without any non-crowd annotation.
         num_images_emptied: images whose annotations were all dropped.
         num_images_removed: images removed for having no annotations (FILTER_EMPTY_ANNOTATIONS).
@@ -90,6 +93,7 @@ class DatasetReport:
         default_factory=collections.Counter
     )
     num_clipped: int = 0
+    first_dropped: Dict[str, str] = dataclasses.field(default_factory=dict)
     num_images_without_annotations: int = 0
     num_images_emptied: int = 0
     num_images_removed: int = 0
@@ -116,6 +120,13 @@ class DatasetReport:
             )
         if drops:
             parts.append("dropped " + ", ".join(drops))
+            examples = "; ".join(
+                f"{reason}: {entry}" for reason, entry in self.first_dropped.items()
+            )
+            if examples:
+                parts.append(
+                    f"first dropped: {examples} (fix them in the annotations to train on them)"
+                )
         if self.num_clipped:
             parts.append(f"clipped {self.num_clipped} boxes to the image")
         if self.num_crowd:
@@ -178,6 +189,13 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
         the dataset dicts, and the report that counts the dropped annotations.
     """
     report = DatasetReport(dataset_name)
+    register_path_datasets([dataset_name])
+    if dataset_name not in DatasetCatalog.list():
+        raise ValueError(
+            f"Dataset '{dataset_name}' is not registered"
+            + (f" (did you mean 'coco:{dataset_name}'?)" if dataset_name.endswith(".json") else "")
+            + f". {SPEC_HELP} Registered names: see detectron2.data.DatasetCatalog.list()."
+        )
     try:
         dataset_dicts = DatasetCatalog.get(dataset_name)
     except KeyError as error:
@@ -191,7 +209,10 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
             "that returns one."
         )
     if not dataset_dicts:
-        raise ValueError(f"Dataset '{dataset_name}' has no images.")
+        raise ValueError(
+            f"Dataset '{dataset_name}' has no images: the split is empty. Give DATASETS.TRAIN / "
+            "DATASETS.TEST a split with images."
+        )
     return dataset_dicts, report
 
 
@@ -218,6 +239,14 @@ def check_image_files(dataset_dicts: Sequence[Dict], dataset_name: str) -> None:
         f"exist: {listed}{more}. The dataset's image_root is '{image_root}': check the image_root "
         "it was registered with (e.g. register_coco_instances) and the images' file_name in its "
         "json."
+    )
+
+
+def _describe(annotation: Dict, record: Dict) -> str:
+    """Returns: an annotation as a user finds it in the annotation file: id, box, image."""
+    return (
+        f"annotation {annotation.get('id', '(no id)')} bbox {annotation.get('bbox')} of "
+        f"{record.get('file_name')}"
     )
 
 
@@ -267,7 +296,7 @@ def sanitize_dataset_dicts(
     # gathered so that pass 2 checks them all at once (COCO has 860k), and each record keeps
     # either an annotation or the index of its box in pass 2, in the original order.
     entries_per_record = []
-    candidates, boxes, modes, image_sizes = [], [], [], []
+    candidates, candidate_records, boxes, modes, image_sizes = [], [], [], [], []
     for record in dataset_dicts:
         # Without the image's size, boxes are not clipped here; the mapper clips them.
         image_size = (record.get("width", math.inf), record.get("height", math.inf))
@@ -287,8 +316,10 @@ def sanitize_dataset_dicts(
             box = annotation.get("bbox")
             if box is None or len(box) != 4:
                 report.dropped[DROP_NO_BOX] += 1
+                report.first_dropped.setdefault(DROP_NO_BOX, _describe(annotation, record))
                 continue
             entries.append(len(candidates))
+            candidate_records.append(record)
             candidates.append(annotation)
             boxes.append(box)
             modes.append(annotation.get("bbox_mode", BoxMode.XYWH_ABS))
@@ -311,6 +342,10 @@ def sanitize_dataset_dicts(
     ):
         if dropped.any():
             report.dropped[reason] += int(dropped.sum())
+            first = int(np.argmax(dropped))
+            report.first_dropped.setdefault(
+                reason, _describe(candidates[first], candidate_records[first])
+            )
     report.num_clipped += int(was_clipped.sum())
 
     # Pass 3: the records with the annotations kept.

@@ -24,6 +24,7 @@ from detectron2.data import MetadataCatalog
 from torch import nn
 
 from ..config import get_cfg
+from ..data.classes import NUM_CLASSES_FROM_DATA
 from ..modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes
 from ..modeling.cls_losses import CLS_LOSS_REGISTRY
 
@@ -73,6 +74,14 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
     if cfg.MODEL.META_ARCHITECTURE not in RETINANET_META_ARCHITECTURES:
         return
     num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    if num_classes == NUM_CLASSES_FROM_DATA:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CLASSES is {NUM_CLASSES_FROM_DATA} (take it from the data), but "
+            f"no dataset of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} or DATASETS.TEST "
+            f"{tuple(cfg.DATASETS.TEST)} has known classes. Build the config with "
+            "retinanet_fl.config.load_config (which reads them from datasets given by path), or "
+            "set MODEL.RETINANET.NUM_CLASSES."
+        )
     for name in dataset_names:
         # MetadataCatalog.get would register an empty entry for an unknown name.
         if name not in MetadataCatalog:

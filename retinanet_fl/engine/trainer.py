@@ -21,7 +21,9 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDete
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .. import pretrain
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
+from ..data.classes import CHECKPOINT_KEY, ClassMetadataState, dataset_class_metadata
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
@@ -57,8 +59,9 @@ class _FiniteLossMixin:
     """Stops training at the first NaN or infinite loss term, on every worker, naming it."""
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
-        # Detectron2 checks the sum of the terms, on the main process only, and prints the dict;
-        # this runs first, before the optimizer step, and names the term.
+        # Private, but the one place SimpleTrainer.run_step hands over the loss terms between the
+        # forward pass and the optimizer step, on every worker (hooks see them after the step).
+        # Detectron2 checks only their sum there, on the main process; this names the term.
         check_losses_finite(loss_dict, self.iter if iter is None else iter)
         super()._write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
 
@@ -97,7 +100,9 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        # Mirrors DefaultTrainer.__init__, which hard-codes the DDP wrapper and the checkpointer.
+        # Not DefaultTrainer.__init__: its DDP wrapper (Detectron2's create_ddp_model) passes
+        # device_ids, which DistributedDataParallel rejects for CPU (gloo) workers, and no hook
+        # replaces that wrapper, its step trainer or its checkpointer. The steps are its own.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -112,13 +117,12 @@ class Trainer(DefaultTrainer):
         )
         data_loader = self.build_train_loader(cfg, dataset)
         model = create_ddp_model(model, broadcast_buffers=False)
-        trainer_class = FiniteLossTrainer
-        if cfg.SOLVER.AMP.ENABLED:
-            on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
-            trainer_class = FiniteLossCPUAutocastTrainer if on_cpu else FiniteLossAMPTrainer
-        self._trainer = trainer_class(model, data_loader, optimizer)
+        self._trainer = _step_trainer_class(cfg)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Every checkpoint carries the classes, so predict and export name them without the data.
+        class_metadata = dataset_class_metadata(cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
+        self.checkpointer.add_checkpointable(CHECKPOINT_KEY, ClassMetadataState(class_metadata))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -128,9 +132,12 @@ class Trainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode):
         """
         Detectron2's ``build_model``, after :func:`check_model_config` (so ``train_net.py
-        --eval-only`` checks the config too).
+        --eval-only`` checks the config too); a ``synthetic-pretrained://`` ``MODEL.WEIGHTS``
+        becomes readable by the checkpointers.
         """
         check_model_config(cfg)
+        if cfg.MODEL.WEIGHTS.startswith(pretrain.PREFIX):
+            pretrain.register_handler()
         model = super().build_model(cfg)
         warn_unread_anchor_sizes(cfg, model)
         return model
@@ -196,6 +203,15 @@ class Trainer(DefaultTrainer):
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+
+def _step_trainer_class(cfg: CfgNode) -> type:
+    """The trainer of one step: bf16 autocast for ``SOLVER.AMP.ENABLED`` on the CPU, else
+    Detectron2's, both stopping at a non-finite loss."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return FiniteLossTrainer
+    on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    return FiniteLossCPUAutocastTrainer if on_cpu else FiniteLossAMPTrainer
 
 
 def _class_names(dataset_names: Sequence[str]) -> Optional[List[str]]:

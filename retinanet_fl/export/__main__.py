@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logger(name="retinanet_fl.export", abbrev_name="export")
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, for_inference=True)
     if not cfg.MODEL.WEIGHTS:
         raise SystemExit("error: give the checkpoint to export as MODEL.WEIGHTS path/to/model.pth")
     path = export_model(cfg, args.format, args.output, args.sample_image)

@@ -19,10 +19,10 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from ..data.classes import metadata_for_inference
 from ..data.mapper import read_image
 from ..engine import AtomicCheckpointer
 from .wrapper import OUTPUT_NAMES, ExportableDetector
@@ -51,19 +51,19 @@ def export_metadata(cfg: CfgNode) -> Dict:
         cfg: the model's config.
 
     Returns:
-        what a runner of the exported file needs: the input's channel order, the test-time resize
-        and the class names (of ``DATASETS.TEST[0]``, when registered).
+        what a runner of the exported file needs: the input's channel order, the test-time resize,
+        and the class names and category ids (of the checkpoint, else of the config's datasets).
     """
-    class_names = (
-        MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)
-        if cfg.DATASETS.TEST
-        else None
-    )
+    classes = metadata_for_inference(cfg)
+    class_names = classes.get("thing_classes", None)
+    id_map = classes.get("thing_dataset_id_to_contiguous_id", None) or {}
     return {
         "input_format": cfg.INPUT.FORMAT,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         "class_names": list(class_names) if class_names else None,
+        # the dataset's category id of each class index, when it has ids of its own
+        "category_ids": [i for i, _ in sorted(id_map.items(), key=lambda item: item[1])] or None,
         "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
         "score_thresh_test": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
         "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,

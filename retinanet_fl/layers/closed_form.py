@@ -18,7 +18,8 @@ evaluates the gradient with differentiable operations, so second derivatives wor
 
 import functools
 import logging
-from typing import Callable, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from torch import Tensor
 __all__ = [
     "KERNELS",
     "Alpha",
+    "ClosedFormLoss",
     "check_kernel",
     "closed_form_loss",
     "scripted_loss",
@@ -49,14 +51,43 @@ def check_kernel(kernel: str, name: str = "kernel") -> str:
     return kernel
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"Invalid reduction {reduction!r}: must be one of {REDUCTIONS}.")
-
-
 # α of the elementwise losses: a float (negative: no α weighting), or a (K,) tensor of per-class
 # α_c, one per column of the (R, K) logits.
 Alpha = Union[float, Tensor]
+
+
+@dataclass(frozen=True)
+class ClosedFormLoss:
+    """
+    A loss given as a closed form, with its settings. The compiled kernel takes it as an input:
+    its fields become guards, so each new value of a float compiles once.
+
+    Attributes:
+        formula: ``formula(x, t, *params)`` → the loss and its derivative w.r.t. x (shaped like
+            x), without α; the loss is elementwise (shaped like x) or per row ((R,), with
+            ``per_row``).
+        params: the formula's parameters, e.g. (γ,), (γ, β), or (α_t of each label, γ) for a
+            formula that weights its rows itself.
+        alpha: the α weighting of an elementwise loss (see ``Alpha``); negative for none.
+        from_labels: the targets are (R,) int64 labels (K = background, -1 = ignored) instead of
+            floats shaped like the logits.
+        per_row: the loss has one value per row; "mean" divides by the (non-ignored) rows.
+        reduction: "none" | "mean" | "sum".
+        kernel: "compiled" | "eager".
+    """
+
+    formula: Callable[..., Tuple[Tensor, Tensor]]
+    params: Tuple[Any, ...] = ()
+    alpha: Alpha = -1.0
+    from_labels: bool = False
+    per_row: bool = False
+    reduction: str = "none"
+    kernel: str = "compiled"
+
+    def __post_init__(self) -> None:
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"Invalid reduction {self.reduction!r}: must be one of {REDUCTIONS}.")
+        check_kernel(self.kernel)
 
 
 def _alpha_t(t: Tensor, alpha: float) -> Tensor:
@@ -66,10 +97,6 @@ def _alpha_t(t: Tensor, alpha: float) -> Tensor:
     column.
     """
     return alpha * t + (1 - alpha) * (1 - t)
-
-
-def _alpha_is_on(alpha: Alpha) -> bool:
-    return isinstance(alpha, Tensor) or alpha >= 0
 
 
 def smallest_normal(x: Tensor) -> float:
@@ -96,41 +123,29 @@ def _targets_and_mask(logits: Tensor, target: Tensor, from_labels: bool):
 
 
 def _loss_and_grad(
-    logits: Tensor,
-    target: Tensor,
-    from_labels: bool,
-    formula: Callable[..., Tuple[Tensor, Tensor]],
-    params: Tuple,
-    alpha: Alpha,
-    reduce: bool,
-    with_grad: bool,
+    logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss, with_grad: bool
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """
     Args:
         logits: (R, ...) float logits.
-        target: float targets shaped like ``logits``, or (R,) int64 labels (K = background,
-            -1 = ignored) when ``from_labels``.
-        formula: ``formula(x, t, *params)`` → the loss and its derivative w.r.t. x (shaped like
-            x); the loss is elementwise (shaped like x) or per row ((R,)).
-        params: the formula's parameters, e.g. (γ,), (γ, β), or (α weights, γ) for a formula
-            that weights its rows itself.
-        alpha: the α weighting of an elementwise loss (see ``Alpha``); negative for none.
-        reduce: return the sum instead of the elementwise loss.
+        target: float targets shaped like ``logits``, or (R,) int64 labels.
+        loss_fn: the loss; a reduction other than "none" returns the sum (the caller divides it
+            for "mean").
         with_grad: also return d(summed loss)/d logits.
 
     Returns:
         the loss (elementwise or summed) and the gradient or None, in the computation dtype.
     """
-    x, t, valid = _targets_and_mask(logits, target, from_labels)
-    loss, grad = formula(x, t, *params)
-    if _alpha_is_on(alpha):
-        weight = _alpha_t(t, alpha)
+    x, t, valid = _targets_and_mask(logits, target, loss_fn.from_labels)
+    loss, grad = loss_fn.formula(x, t, *loss_fn.params)
+    if isinstance(loss_fn.alpha, Tensor) or loss_fn.alpha >= 0:
+        weight = _alpha_t(t, loss_fn.alpha)
         loss, grad = loss * weight, grad * weight
     if valid is not None:
         # A select, not a product: non-finite logits of ignored rows stay out of the result.
         loss = torch.where(valid.view(-1, *[1] * (loss.dim() - 1)), loss, 0.0)
         grad = torch.where(valid[:, None], grad, 0.0)
-    if reduce:
+    if loss_fn.reduction != "none":
         # Accumulated in fp64 (MPS has none): the compiled loop sums ~10^6 terms sequentially
         # per thread, which in fp32 drifts by ~1e-5 relative.
         accumulator = x.dtype if x.device.type == "mps" else torch.float64
@@ -173,17 +188,18 @@ def _rows_dynamic(tensor: Tensor) -> Tensor:
     return view
 
 
-def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
+def _run_kernel(
+    logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss, with_grad: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
     """
-    ``_loss_and_grad(*args)`` with ``kernel``. A compile failure on a device type (inputs were
+    ``_loss_and_grad`` with the loss's kernel. A compile failure on a device type (inputs were
     validated before) is warned once and that device uses the eager kernel from then on.
     """
-    device_type = args[0].device.type
-    if kernel == "compiled" and device_type not in _COMPILE_FAILED_DEVICES:
+    device_type = logits.device.type
+    if loss_fn.kernel == "compiled" and device_type not in _COMPILE_FAILED_DEVICES:
         try:
-            logits, target, *settings = args
             return _compiled(_loss_and_grad)(
-                _rows_dynamic(logits), _rows_dynamic(target), *settings
+                _rows_dynamic(logits), _rows_dynamic(target), loss_fn, with_grad
             )
         except torch.OutOfMemoryError:
             raise
@@ -196,14 +212,16 @@ def _run_kernel(kernel: str, *args) -> Tuple[Tensor, Optional[Tensor]]:
                 type(e).__name__,
                 str(e).splitlines()[0] if str(e) else "",
             )
-    return _eager_in_chunks(*args)
+    return _eager_in_chunks(logits, target, loss_fn, with_grad)
 
 
 # Elements per chunk of the eager kernel: its ~12 temporaries then stay in the CPU's cache.
 _EAGER_CHUNK_ELEMENTS = 2**18
 
 
-def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor, Optional[Tensor]]:
+def _eager_in_chunks(
+    logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss, with_grad: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
     """
     The eager kernel: ``_loss_and_grad`` over blocks of rows, written into preallocated outputs,
     so that its temporaries take a chunk's memory instead of the whole tensor's.
@@ -211,14 +229,14 @@ def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor,
     row_elements = max(1, logits[0].numel()) if logits.dim() else 1
     chunk_rows = max(1, _EAGER_CHUNK_ELEMENTS // row_elements)
     if logits.dim() == 0 or len(logits) <= chunk_rows:
-        return _loss_and_grad(logits, target, *settings)
-    reduce, with_grad = settings[-2:]
+        return _loss_and_grad(logits, target, loss_fn, with_grad)
+    reduce = loss_fn.reduction != "none"
     dtype = upcast(logits).dtype
     loss = torch.zeros((), dtype=dtype, device=logits.device) if reduce else None
     grad = torch.empty(logits.shape, dtype=dtype, device=logits.device) if with_grad else None
     for start in range(0, len(logits), chunk_rows):
         rows = slice(start, start + chunk_rows)
-        chunk_loss, chunk_grad = _loss_and_grad(logits[rows], target[rows], *settings)
+        chunk_loss, chunk_grad = _loss_and_grad(logits[rows], target[rows], loss_fn, with_grad)
         if reduce:
             loss += chunk_loss
         else:
@@ -230,14 +248,14 @@ def _eager_in_chunks(logits: Tensor, target: Tensor, *settings) -> Tuple[Tensor,
     return loss, grad
 
 
-def _mean_divisor(logits: Tensor, target: Tensor, from_labels: bool, per_row: bool):
+def _mean_divisor(logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss):
     """
     The count "mean" divides by: every element, or those of non-ignored rows; for a per-row
     loss, the (non-ignored) rows.
     """
-    if from_labels:
-        return (target >= 0).sum() * (1 if per_row else logits.shape[1])
-    return len(logits) if per_row else logits.numel()
+    if loss_fn.from_labels:
+        return (target >= 0).sum() * (1 if loss_fn.per_row else logits.shape[1])
+    return len(logits) if loss_fn.per_row else logits.numel()
 
 
 def _broadcast_to_grad(grad_out: Tensor, grad: Tensor) -> Tensor:
@@ -245,7 +263,7 @@ def _broadcast_to_grad(grad_out: Tensor, grad: Tensor) -> Tensor:
     return grad_out.view(*grad_out.shape, *[1] * (grad.dim() - grad_out.dim()))
 
 
-class _ClosedFormLoss(torch.autograd.Function):
+class _WithClosedFormGradient(torch.autograd.Function):
     """
     The loss with the closed-form gradient of appendix B, computed in the same pass as the loss
     and kept until backward. A second backward through the same graph (retain_graph=True)
@@ -253,64 +271,54 @@ class _ClosedFormLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, logits, target, from_labels, formula, params, alpha, reduction, kernel, per_row
-    ):
-        settings = (from_labels, formula, params, alpha, reduction != "none")
-        loss, ctx.grad = _run_kernel(kernel, logits, target, *settings, ctx.needs_input_grad[0])
+    def forward(ctx, logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss) -> Tensor:
+        loss, ctx.grad = _run_kernel(logits, target, loss_fn, ctx.needs_input_grad[0])
         ctx.save_for_backward(logits, target)
-        ctx.settings, ctx.kernel, ctx.reduction = settings, kernel, reduction
+        ctx.loss_fn = loss_fn
         ctx.mean_divisor = None
-        if reduction == "mean":
-            ctx.mean_divisor = _mean_divisor(logits, target, from_labels, per_row)
+        if loss_fn.reduction == "mean":
+            ctx.mean_divisor = _mean_divisor(logits, target, loss_fn)
             loss = loss / ctx.mean_divisor
-        return loss if from_labels else loss.to(logits.dtype)
+        return loss if loss_fn.from_labels else loss.to(logits.dtype)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], None, None]:
         logits, target = ctx.saved_tensors
         grad, ctx.grad = ctx.grad, None  # used once and released
         if ctx.mean_divisor is not None:
             grad_out = grad_out / ctx.mean_divisor
         if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable
-            grad = _loss_and_grad(logits, target, *ctx.settings, True)[1]
+            grad = _loss_and_grad(logits, target, ctx.loss_fn, True)[1]
             grad = grad * _broadcast_to_grad(grad_out, grad)
         else:
             if grad is None:
-                grad = _run_kernel(ctx.kernel, logits, target, *ctx.settings, True)[1]
+                grad = _run_kernel(logits, target, ctx.loss_fn, True)[1]
             grad = grad.mul_(_broadcast_to_grad(grad_out, grad))  # in place: no second (R, K)
-        return grad.to(logits.dtype), None, None, None, None, None, None, None, None
+        return grad.to(logits.dtype), None, None
 
 
-def closed_form_loss(
-    logits: Tensor,
-    target: Tensor,
-    from_labels: bool,
-    formula: Callable[..., Tuple[Tensor, Tensor]],
-    params: Tuple,
-    alpha: Alpha,
-    reduction: str,
-    kernel: str,
-    per_row: bool = False,
-) -> Tensor:
+def closed_form_loss(logits: Tensor, target: Tensor, loss_fn: ClosedFormLoss) -> Tensor:
     """
-    The loss of ``formula`` (see :func:`_loss_and_grad`) with its closed-form gradient, on
-    ``kernel``; "mean" divides by the elements of non-ignored rows (by the non-ignored rows for
-    a ``per_row`` loss, which returns (R,) for "none").
+    ``loss_fn`` on ``logits`` and ``target`` with its closed-form gradient; "mean" divides by
+    the elements of non-ignored rows (by the non-ignored rows for a per-row loss, which returns
+    (R,) for "none").
+
+    Args:
+        logits: (R, ...) float logits.
+        target: float targets shaped like ``logits``, or (R,) int64 labels (``from_labels``).
+        loss_fn: the loss and its settings.
+
+    Returns:
+        the loss, fp32 or fp64 from labels, else in the dtype of ``logits``.
     """
-    _check_reduction(reduction)
-    kernel = check_kernel(kernel)
-    if not from_labels and target.requires_grad:
+    if not loss_fn.from_labels and target.requires_grad:
         # The closed form differentiates w.r.t. the logits only; let autograd trace the same
         # formula instead (it keeps its intermediates).
-        settings = (False, formula, params, alpha, reduction != "none", False)
-        loss, _ = _loss_and_grad(logits, target, *settings)
-        if reduction == "mean":
-            loss = loss / _mean_divisor(logits, target, False, per_row)
+        loss, _ = _loss_and_grad(logits, target, loss_fn, False)
+        if loss_fn.reduction == "mean":
+            loss = loss / _mean_divisor(logits, target, loss_fn)
         return loss.to(logits.dtype)
-    return _ClosedFormLoss.apply(
-        logits, target, from_labels, formula, params, alpha, reduction, kernel, per_row
-    )
+    return _WithClosedFormGradient.apply(logits, target, loss_fn)
 
 
 def scripted_loss(loss: Tensor, t: Tensor, alpha: float, reduction: str) -> Tensor:

@@ -16,12 +16,20 @@ gradient has the dtype of the logits; second derivatives are supported.
 """
 
 import math
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor
 
-from .closed_form import KERNELS, Alpha, closed_form_loss, scripted_loss, smallest_normal, upcast
+from .closed_form import (
+    KERNELS,
+    Alpha,
+    ClosedFormLoss,
+    closed_form_loss,
+    scripted_loss,
+    smallest_normal,
+    upcast,
+)
 
 __all__ = [
     "KERNELS",
@@ -77,13 +85,6 @@ def check_class_alpha(alpha: Alpha, num_classes: int, name: str = "alpha") -> Al
             f"in [0, 1]; got {values.tolist()}."
         )
     return values
-
-
-def _alpha_for(logits: Tensor, alpha: Alpha) -> Alpha:
-    """Per-class α in the computation dtype, on the logits' device; a float as it is."""
-    if isinstance(alpha, Tensor):
-        return alpha.to(device=logits.device, dtype=upcast(logits).dtype)
-    return alpha
 
 
 def check_star_gamma(gamma: float, name: str = "gamma") -> float:
@@ -235,9 +236,10 @@ def sigmoid_focal_loss(
         return loss.to(logits.dtype)
     _check_targets(logits, targets)
     params = (check_gamma(gamma),)
-    return closed_form_loss(
-        logits, targets, False, _focal_formula, params, check_alpha(alpha), reduction, kernel
+    loss_fn = ClosedFormLoss(
+        _focal_formula, params, check_alpha(alpha), reduction=reduction, kernel=kernel
     )
+    return closed_form_loss(logits, targets, loss_fn)
 
 
 def sigmoid_focal_loss_from_labels(
@@ -265,10 +267,9 @@ def sigmoid_focal_loss_from_labels(
     Returns:
         fp32 loss (fp64 for fp64 logits): (R, K) for "none", else a scalar.
     """
-    check_labels(logits, labels)
-    params = (check_gamma(gamma),)
-    alpha = _alpha_for(logits, check_class_alpha(alpha, logits.shape[1]))
-    return closed_form_loss(logits, labels, True, _focal_formula, params, alpha, reduction, kernel)
+    return _loss_from_labels(
+        logits, labels, _focal_formula, (check_gamma(gamma),), alpha, reduction, kernel
+    )
 
 
 def sigmoid_focal_loss_star(
@@ -301,9 +302,10 @@ def sigmoid_focal_loss_star(
         return loss.to(logits.dtype)
     _check_targets(logits, targets)
     params = (check_star_gamma(gamma), check_beta(beta))
-    return closed_form_loss(
-        logits, targets, False, _focal_star_formula, params, check_alpha(alpha), reduction, kernel
+    loss_fn = ClosedFormLoss(
+        _focal_star_formula, params, check_alpha(alpha), reduction=reduction, kernel=kernel
     )
+    return closed_form_loss(logits, targets, loss_fn)
 
 
 def sigmoid_focal_loss_star_from_labels(
@@ -322,9 +324,25 @@ def sigmoid_focal_loss_star_from_labels(
     Returns:
         fp32 loss (fp64 for fp64 logits): (R, K) for "none", else a scalar.
     """
-    check_labels(logits, labels)
     params = (check_star_gamma(gamma), check_beta(beta))
-    alpha = _alpha_for(logits, check_class_alpha(alpha, logits.shape[1]))
-    return closed_form_loss(
-        logits, labels, True, _focal_star_formula, params, alpha, reduction, kernel
+    return _loss_from_labels(logits, labels, _focal_star_formula, params, alpha, reduction, kernel)
+
+
+def _loss_from_labels(
+    logits: Tensor,
+    labels: Tensor,
+    formula: Callable[..., Tuple[Tensor, Tensor]],
+    params: Tuple[float, ...],
+    alpha: Alpha,
+    reduction: str,
+    kernel: str,
+) -> Tensor:
+    """The elementwise loss of ``formula`` from class indices, after checking the labels and α."""
+    check_labels(logits, labels)
+    alpha = check_class_alpha(alpha, logits.shape[1])
+    if isinstance(alpha, Tensor):
+        alpha = alpha.to(device=logits.device, dtype=upcast(logits).dtype)
+    loss_fn = ClosedFormLoss(
+        formula, params, alpha, from_labels=True, reduction=reduction, kernel=kernel
     )
+    return closed_form_loss(logits, labels, loss_fn)

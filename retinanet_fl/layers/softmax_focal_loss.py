@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .closed_form import Alpha, closed_form_loss, smallest_normal, upcast
+from .closed_form import Alpha, ClosedFormLoss, closed_form_loss, smallest_normal, upcast
 from .focal_loss import check_class_alpha, check_gamma, check_labels
 
 __all__ = ["softmax_focal_loss_from_labels", "softmax_row_weights"]
@@ -121,7 +121,12 @@ def softmax_focal_loss_from_labels(
     row_weights = softmax_row_weights(alpha, logits.shape[1] - 1)
     if row_weights is not None:
         row_weights = row_weights.to(device=logits.device, dtype=upcast(logits).dtype)
-    params = (row_weights, check_gamma(gamma))
-    return closed_form_loss(
-        logits, labels, True, _softmax_focal_formula, params, -1.0, reduction, kernel, True
+    loss_fn = ClosedFormLoss(
+        _softmax_focal_formula,
+        (row_weights, check_gamma(gamma)),
+        from_labels=True,
+        per_row=True,
+        reduction=reduction,
+        kernel=kernel,
     )
+    return closed_form_loss(logits, labels, loss_fn)

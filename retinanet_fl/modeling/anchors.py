@@ -11,6 +11,7 @@ Table 1c's rows (1×1 … 4×3) differ only in ``MODEL.RETINANET_FL.ANCHOR_SCALE
 import math
 from typing import List, Sequence
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator
@@ -96,6 +97,29 @@ class OctaveAnchorGenerator(DefaultAnchorGenerator):
             "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
             "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
         }
+
+    def _grid_anchors(self, grid_sizes: List[List[int]]) -> List[torch.Tensor]:
+        """
+        Detectron2's anchors per level, ``(H_l * W_l * A, 4)``, from a grid built with explicit
+        "ij" indexing: Detectron2's omits it, which makes torch warn on every training step.
+        """
+        anchors = []
+        # A list of the buffers rather than the BufferList itself, which TorchScript cannot zip.
+        cell_anchors_per_level: List[torch.Tensor] = [
+            b for _, b in self.cell_anchors.named_buffers()
+        ]
+        for size, stride, cell_anchors in zip(grid_sizes, self.strides, cell_anchors_per_level):
+            height, width = size[0], size[1]
+            start = self.offset * stride
+            device = cell_anchors.device
+            shift_y, shift_x = torch.meshgrid(
+                torch.arange(start, height * stride, stride, dtype=torch.float32, device=device),
+                torch.arange(start, width * stride, stride, dtype=torch.float32, device=device),
+                indexing="ij",
+            )
+            shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
+            anchors.append((shifts + cell_anchors.view(1, -1, 4)).reshape(-1, 4))
+        return anchors
 
 
 def _validate_octave_params(strides, anchor_scale, scales_per_octave, aspect_ratios, offset):

@@ -15,6 +15,7 @@ from detectron2.utils.events import EventStorage
 
 import retinanet_fl  # noqa: F401  registers FocalLossRetinaNet
 from retinanet_fl import get_cfg
+from retinanet_fl.config import load_config
 from retinanet_fl.modeling import loss_normalizer as loss_normalizer_module
 from retinanet_fl.modeling import matching as matching_module
 from retinanet_fl.modeling.anchors import OctaveAnchorGenerator
@@ -93,9 +94,12 @@ def test_r50_fpn_coco_parameter_count_equals_detectron2():
     # DefaultAnchorGenerator), and this project's paper config (octave anchors).
     detectron2_config = detectron2_cfg(depth=50)
     detectron2_config.MODEL.META_ARCHITECTURE = "FocalLossRetinaNet"
-    project_config = get_cfg()
-    project_config.merge_from_file(os.path.join(REPO_ROOT, "configs/retinanet_R50_FPN.yaml"))
-    project_config.MODEL.merge_from_list(["WEIGHTS", "", "DEVICE", "cpu"])
+    # NUM_CLASSES 0 in the config: load_config takes COCO's 80 from DATASETS.TRAIN.
+    project_config = load_config(
+        os.path.join(REPO_ROOT, "configs/retinanet_R50_FPN.yaml"),
+        ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"],
+    )
+    assert project_config.MODEL.RETINANET.NUM_CLASSES == 80
     for cfg in (detectron2_config, project_config):
         model = build_model(cfg)
         assert isinstance(model, FocalLossRetinaNet)

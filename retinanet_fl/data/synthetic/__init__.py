@@ -3,14 +3,15 @@ The embedded synthetic dataset: red and blue circles, squares and triangles on c
 backgrounds, in COCO's format (see :mod:`.generate` for what the images hold).
 
 Importing this module registers ``synthetic_train`` and ``synthetic_val`` in Detectron2's
-``DatasetCatalog``, rooted at ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``).
+``DatasetCatalog``, rooted at ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``)
+as the variable is when they are loaded.
 The dataset is generated with the default sizes the first time one of them is loaded, if missing.
 ``python -m retinanet_fl.data.synthetic --out DIR`` writes it explicitly, with other sizes if asked.
 """
 
 import functools
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
@@ -33,6 +34,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "SPLITS",
     "DEFAULT_SYNTHETIC_ROOT",
+    "default_synthetic_root",
     "generate_synthetic_coco",
     "ensure_synthetic_coco",
     "is_synthetic_coco_complete",
@@ -42,9 +44,17 @@ __all__ = [
     "long_tail_class_probs",
 ]
 
-DEFAULT_SYNTHETIC_ROOT = os.path.join(
-    os.environ.get("DETECTRON2_DATASETS", "datasets"), "synthetic"
-)
+
+def default_synthetic_root() -> str:
+    """``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``), as it is now."""
+    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "synthetic")
+
+
+def __getattr__(name: str) -> str:
+    # DEFAULT_SYNTHETIC_ROOT follows $DETECTRON2_DATASETS when it is read, not as it was at import.
+    if name == "DEFAULT_SYNTHETIC_ROOT":
+        return default_synthetic_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_synthetic_coco(root: str, split: str, dataset_name: str, **generate_kwargs) -> List[Dict]:
@@ -67,7 +77,7 @@ def load_synthetic_coco(root: str, split: str, dataset_name: str, **generate_kwa
 
 
 def register_synthetic_coco(
-    root: str, prefix: str = "synthetic", **generate_kwargs
+    root: Optional[str], prefix: str = "synthetic", **generate_kwargs
 ) -> Dict[str, str]:
     """
     Register the splits at ``root`` as ``{prefix}_train`` and ``{prefix}_val``, like Detectron2's
@@ -75,7 +85,7 @@ def register_synthetic_coco(
     thing_classes) but generating the dataset on first load when it is missing.
 
     Args:
-        root: the dataset's folder.
+        root: the dataset's folder; None for :func:`default_synthetic_root`, read at each load.
         prefix: start of the dataset names.
         generate_kwargs: num_train, num_val, image_size, seed, objects_per_image,
             distractors_per_image of :func:`generate_synthetic_coco`, used only when generating.
@@ -90,21 +100,35 @@ def register_synthetic_coco(
             f"Datasets {taken} are already registered; pick another prefix than {prefix!r}."
         )
     for split, name in names.items():
-        json_file, image_root = synthetic_split_paths(root, split)
         DatasetCatalog.register(
-            name, functools.partial(load_synthetic_coco, root, split, name, **generate_kwargs)
+            name, functools.partial(_load_registered, root, split, name, **generate_kwargs)
         )
-        MetadataCatalog.get(name).set(
-            json_file=json_file,
-            image_root=image_root,
-            evaluator_type="coco",
-            thing_classes=list(SYNTHETIC_CLASSES),
-        )
+        _set_metadata(name, root or default_synthetic_root(), split)
     return names
 
 
+def _load_registered(root: Optional[str], split: str, name: str, **generate_kwargs) -> List[Dict]:
+    if root is None:
+        root = default_synthetic_root()
+        _set_metadata(name, root, split)
+    return load_synthetic_coco(root, split, name, **generate_kwargs)
+
+
+def _set_metadata(name: str, root: str, split: str) -> None:
+    json_file, image_root = synthetic_split_paths(root, split)
+    if MetadataCatalog.get(name).get("json_file", json_file) != json_file:
+        # $DETECTRON2_DATASETS changed since registration; Detectron2's metadata cannot be reset.
+        MetadataCatalog.remove(name)
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="coco",
+        thing_classes=list(SYNTHETIC_CLASSES),
+    )
+
+
 register_synthetic_coco(
-    DEFAULT_SYNTHETIC_ROOT,
+    None,
     num_train=DEFAULT_NUM_TRAIN,
     num_val=DEFAULT_NUM_VAL,
     image_size=DEFAULT_IMAGE_SIZE,
