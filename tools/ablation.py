@@ -380,6 +380,27 @@ def _dataset_identity(name: str) -> str:
     return f"{image_root.parent.name}_{image_root.name}"
 
 
+def _num_classes(cfg) -> int:
+    """
+    The number of classes a run trains: ``NUM_CLASSES``, or for 0 ("the data's") the count of its
+    data, so that the digest names the model as runs made with an explicit count do. The synthetic
+    data's count is the generator's (a variant may not be generated yet); other data's is read
+    where it is at hand, else 0 stays.
+    """
+    from retinanet_fl.data.by_path import register_path_datasets
+    from retinanet_fl.data.classes import dataset_class_metadata
+    from retinanet_fl.data.synthetic import SYNTHETIC_CLASSES
+
+    names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    if cfg.MODEL.RETINANET.NUM_CLASSES or not names:
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    if _dataset_identity(names[0]).startswith("synthetic"):
+        return len(SYNTHETIC_CLASSES)
+    register_path_datasets(names, skip_missing=True)
+    metadata = dataset_class_metadata(names, cfg.INPUT.FORMAT)
+    return len(metadata["thing_classes"]) if metadata else 0
+
+
 def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
     """A nested config as ``{"MODEL.RETINANET.FOCAL_LOSS_ALPHA": 0.25, ...}``."""
     if not isinstance(node, dict):
@@ -410,6 +431,7 @@ def config_digest(config_file: Path, opts: Sequence[str]) -> str:
     cfg.merge_from_file(str(config_file))
     cfg.merge_from_list(list(opts))
     cfg.OUTPUT_DIR = defaults["OUTPUT_DIR"]
+    cfg.MODEL.RETINANET.NUM_CLASSES = _num_classes(cfg)
     cfg.DATASETS.TRAIN = tuple(map(_dataset_identity, cfg.DATASETS.TRAIN))
     cfg.DATASETS.TEST = tuple(map(_dataset_identity, cfg.DATASETS.TEST))
     changed = {k: v for k, v in _flatten(cfg).items() if k not in defaults or defaults[k] != v}
@@ -735,7 +757,10 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         the exit code: 0, also when runs failed (they are in the report).
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[ablation] %(message)s")
+    handler = logging.StreamHandler()  # the grid's progress; the runs log into their folders
+    handler.setFormatter(logging.Formatter("[ablation] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     opts = check_opts(args.opts, "--opts")
     output_dir = args.output_dir or Path(
         f"output/ablations{'_' + args.preset if args.preset else ''}"
