@@ -14,14 +14,14 @@ endif
 .PHONY: install ensure-installed demo test lint bench gpu-check clean
 
 # What `make lint` checks (ruff.toml: line length 100, rules E, F, W, I).
-LINT_PATHS := retinanet_fl tests train_net.py setup.py
+LINT_PATHS := retinanet_fl tools tests train_net.py setup.py
 
 install:
 	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x "$(PY)" ]; then $(PYTHON) -m venv $(VENV); fi
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	bash scripts/install_detectron2.sh $(PY)
-	$(PY) -m pip install -q -e ".[dev,export]"
+	$(PY) -m pip install -q -e ".[dev,export,tools]"
 	@echo "installed: $$($(PY) -c 'import torch, detectron2, retinanet_fl; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| retinanet_fl", retinanet_fl.__version__)')"
 
 # Cheap check so that demo/test only run the full install when something is missing.
@@ -42,7 +42,7 @@ lint:
 	$(PY) -m ruff format --check $(LINT_PATHS)
 
 bench: ensure-installed
-	$(PY) -m retinanet_fl.benchmark all
+	$(PY) tools/benchmark.py
 
 # On a machine with a GPU: the CUDA tests and the CUDA benchmarks (benchmarks/results/gpu/).
 gpu-check: ensure-installed

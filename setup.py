@@ -16,12 +16,14 @@ setup(
         # the same cv2 API as opencv-python, without the libGL that servers lack
         "opencv-python-headless",
         "pycocotools",
-        "matplotlib",
         "Pillow",
     ],
     extras_require={
         "dev": ["pytest", "ruff==0.17.6"],
         # python -m retinanet_fl.export --format onnx, and running .onnx files (predict, tests)
         "export": ["onnx", "onnxruntime"],
+        # tools/ablation.py and tools/benchmark.py (plots; the benchmark's fvcore and torchvision
+        # losses come with Detectron2 and torchvision), and the demo's training curves
+        "tools": ["matplotlib", "PyYAML"],
     },
 )

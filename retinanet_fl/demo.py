@@ -148,7 +148,8 @@ def report(
     curves = plot_training_curves(
         os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "curves.png")
     )
-    print(f"[demo] training curves: {curves}")
+    if curves is not None:
+        print(f"[demo] training curves: {curves}")
     return threshold
 
 

@@ -6,6 +6,7 @@ and the training curves from Detectron2's ``metrics.json``.
 
 import dataclasses
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -14,6 +15,8 @@ import cv2
 import numpy as np
 import torch
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
+
+logger = logging.getLogger(__name__)
 
 TITLE_HEIGHT = 28  # pixels of the band with the panels' titles
 
@@ -232,7 +235,7 @@ def plot_training_curves(
     metrics_path: Path,
     output: Path,
     keys: Sequence[str] = ("total_loss", "loss_cls", "loss_box_reg"),
-) -> Path:
+) -> Optional[Path]:
     """
     Plot the losses (and the learning rate, on a second axis) against the iteration.
 
@@ -242,9 +245,14 @@ def plot_training_curves(
         keys: the loss entries to plot.
 
     Returns:
-        ``output``.
+        ``output``, or None without matplotlib (the ``tools`` extra), which the detector does not
+        need.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("No training curves: matplotlib is not installed (pip install '.[tools]').")
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CUDA checks and benchmarks, in one command (make gpu-check): about 8 minutes on one GPU.
-# Writes benchmarks/results/gpu/{train,inference,table1e,compile}.{json,md}.
+# Writes benchmarks/results/gpu/benchmark.{json,md}.
 set -euo pipefail
 PY=${1:-python}
 OUT=benchmarks/results/gpu
@@ -12,12 +12,10 @@ fi
 # train_net.py with --eval-only.
 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 "$PY" -m pytest -q -p no:cacheprovider tests/layers -k cuda
-# R-50-FPN at 800 px against Detectron2's RetinaNet in the same run: train batch 8 with AMP
-# (and fp32), inference batch 1 and 8; then the paper's Table 1e on this GPU.
-"$PY" -m retinanet_fl.benchmark train --device cuda --image-sizes 800 --batch-size 8 --output-dir "$OUT"
-"$PY" -m retinanet_fl.benchmark inference --device cuda --image-sizes 800 --batch-sizes 1 8 --output-dir "$OUT"
-"$PY" -m retinanet_fl.benchmark table1e --device cuda --output-dir "$OUT"
-# MODEL.RETINANET_FL.COMPILE against eager over COCO-like sizes, inference and training: compiles,
-# overhead, break-even.
-"$PY" -m retinanet_fl.benchmark compile --device cuda --num-calls 8 --output-dir "$OUT"
+# R-50-FPN at 800 px against Detectron2's and torchvision's RetinaNet in one interleaved run: the
+# training step at batch 8 (fp32 and AMP), inference at batch 1 and 8, the losses, the paper's
+# Table 1e on this GPU, and MODEL.RETINANET_FL.COMPILE against eager (compiles, overhead, break-even).
+"$PY" tools/benchmark.py --device cuda --parts losses train inference table1e compile \
+    --image-sizes 800 --train-batch-size 8 --batch-sizes 1 8 --precisions fp32 amp \
+    --compile-calls 8 --output-dir "$OUT"
 echo "gpu-check: all CUDA checks passed; reports in $OUT/"

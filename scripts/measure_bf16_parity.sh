@@ -28,7 +28,8 @@ done
 import statistics, sys
 from pathlib import Path
 
-from retinanet_fl.ablation.runner import read_eval_results
+sys.path.insert(0, "tools")
+from ablation import read_eval_results
 
 out, seeds = Path(sys.argv[1]), sys.argv[2:]
 

@@ -1,6 +1,7 @@
 """The demo's threshold choice, pictures and curves (retinanet_fl.visualize, demo.report)."""
 
 import json
+import sys
 import uuid
 
 import cv2
@@ -74,6 +75,15 @@ def test_training_curves(tmp_path):
     (tmp_path / "empty.json").write_text("")
     with pytest.raises(ValueError, match="no training records"):
         plot_training_curves(tmp_path / "empty.json", tmp_path / "x.png")
+
+
+def test_training_curves_are_skipped_without_matplotlib(tmp_path, monkeypatch, caplog):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert plot_training_curves(metrics, tmp_path / "curves.png") is None
+    assert not (tmp_path / "curves.png").exists()
+    assert "matplotlib is not installed" in caplog.text
 
 
 def test_demo_report_draws_ground_truth_beside_detections(tmp_path, capsys):

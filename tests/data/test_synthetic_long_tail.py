@@ -6,10 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from detectron2.data import MetadataCatalog
 
 import retinanet_fl  # noqa: F401  registers the synthetic datasets
-from retinanet_fl.data import synthetic
 from retinanet_fl.data.synthetic import (
     SYNTHETIC_CLASSES,
     generate_synthetic_coco,
@@ -101,12 +99,3 @@ def test_command_line_long_tail(tmp_path, capsys):
         with pytest.raises(SystemExit):
             synthetic_cli.main(["--out", out, "--long-tail", bad])
         assert "--long-tail RATIO must be a finite number >= 1" in capsys.readouterr().err
-
-
-def test_long_tail_variant_is_registered():
-    assert synthetic.SYNTHETIC_LONGTAIL_VARIANTS["longtail50"]["long_tail_ratio"] == 50.0
-    for split in ("train", "val"):
-        metadata = MetadataCatalog.get(f"synthetic_longtail50_{split}")
-        root = f"{synthetic.DEFAULT_SYNTHETIC_ROOT}_longtail50"
-        assert metadata.json_file == synthetic_split_paths(root, split)[0]
-        assert metadata.thing_classes == list(SYNTHETIC_CLASSES)

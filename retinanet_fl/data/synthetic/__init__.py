@@ -7,11 +7,6 @@ Importing this module registers ``synthetic_train`` and ``synthetic_val`` in Det
 as the variable is when they are loaded.
 The dataset is generated with the default sizes the first time one of them is loaded, if missing.
 ``python -m retinanet_fl.data.synthetic --out DIR`` writes it explicitly, with other sizes if asked.
-
-It also registers the variants of ``SYNTHETIC_VARIANTS`` (the imbalance study of
-``docs/REPRODUCTION.md``): ``synthetic_<variant>_{train,val}`` at
-``$DETECTRON2_DATASETS/synthetic_<variant>``, also generated on first use, and the long-tailed
-variants of ``SYNTHETIC_LONGTAIL_VARIANTS`` (the ``beyond`` ablation table) the same way.
 """
 
 import functools
@@ -46,9 +41,6 @@ __all__ = [
     "synthetic_split_paths",
     "load_synthetic_coco",
     "register_synthetic_coco",
-    "SYNTHETIC_VARIANTS",
-    "SYNTHETIC_CANVAS_VARIANTS",
-    "SYNTHETIC_LONGTAIL_VARIANTS",
     "long_tail_class_probs",
 ]
 
@@ -135,29 +127,6 @@ def _set_metadata(name: str, root: str, split: str) -> None:
     )
 
 
-# Variants with a fixed number of objects per image on the same 160 px canvas, so the negatives per
-# positive anchor change about tenfold between obj1 and obj12 (crowded images place ~11 of 12), and
-# with less or more clutter (distractors per image, Poisson mean; the default dataset has 2.5).
-# 300 validation images each, so that obj1's AP rests on 300 objects.
-SYNTHETIC_VARIANTS: Dict[str, Dict] = {
-    "obj1": dict(objects_per_image=(1, 1)),
-    "obj3": dict(objects_per_image=(3, 3)),
-    "obj12": dict(objects_per_image=(12, 12)),
-    "obj1_clean": dict(objects_per_image=(1, 1), distractors_per_image=0.0),
-    "obj1_cluttered": dict(objects_per_image=(1, 1), distractors_per_image=8.0),
-}
-# The same objects (12-80 px) on a 320 px canvas: 4x the anchors, ~4x the negatives per positive.
-SYNTHETIC_CANVAS_VARIANTS: Dict[str, Dict] = {
-    "obj1_320": dict(objects_per_image=(1, 1), image_size=320, max_object_size=80.0),
-}
-# The default layout with training classes spanning 1:50, red_circle most and blue_triangle least
-# frequent (geometric decay; ~1.1 % of the training objects are blue triangles, about 30 in 800
-# images), and balanced validation: the per-class α and softmax study (``--table beyond``).
-SYNTHETIC_LONGTAIL_VARIANTS: Dict[str, Dict] = {
-    "longtail50": dict(long_tail_ratio=50.0),
-}
-VARIANT_NUM_VAL = 300
-
 register_synthetic_coco(
     None,
     num_train=DEFAULT_NUM_TRAIN,
@@ -165,19 +134,3 @@ register_synthetic_coco(
     image_size=DEFAULT_IMAGE_SIZE,
     seed=DEFAULT_SEED,
 )
-for _variant, _layout in {
-    **SYNTHETIC_VARIANTS,
-    **SYNTHETIC_CANVAS_VARIANTS,
-    **SYNTHETIC_LONGTAIL_VARIANTS,
-}.items():
-    register_synthetic_coco(
-        f"{default_synthetic_root()}_{_variant}",
-        prefix=f"synthetic_{_variant}",
-        **{
-            "num_train": DEFAULT_NUM_TRAIN,
-            "num_val": VARIANT_NUM_VAL,
-            "image_size": DEFAULT_IMAGE_SIZE,
-            "seed": DEFAULT_SEED,
-            **_layout,
-        },
-    )
