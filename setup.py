@@ -23,7 +23,7 @@ setup(
         # python -m retinanet_fl.export --format onnx, and running .onnx files (predict, tests)
         "export": ["onnx", "onnxruntime"],
         # tools/ablation.py and tools/benchmark.py (plots; the benchmark's fvcore and torchvision
-        # losses come with Detectron2 and torchvision), and the demo's training curves
+        # losses come with Detectron2 and torchvision)
         "tools": ["matplotlib", "PyYAML"],
     },
 )

@@ -2,7 +2,7 @@
 The one-command demo: generate the synthetic dataset, train the synthetic config on the CPU with
 Detectron2's trainer, evaluate it with COCOEvaluator, and draw validation images with the ground
 truth beside the detections, upscaled, at the score threshold that maximizes F1 on the validation
-set (printed); the training curves go to ``curves.png``.
+set (printed); Detectron2's trainer logs the training curves for TensorBoard.
 
     python -m retinanet_fl.demo [--output-dir output/demo] [KEY VALUE ...]
 """
@@ -27,7 +27,6 @@ from retinanet_fl.predict import build_predictor
 from retinanet_fl.visualize import (
     ThresholdChoice,
     f1_optimal_threshold,
-    plot_training_curves,
     side_by_side,
 )
 
@@ -122,7 +121,7 @@ def report(
 ) -> float:
     """
     After training into ``output_dir``: choose the score threshold (unless given), draw the first
-    validation images and plot the training curves (``curves.png``).
+    validation images.
 
     Returns:
         the threshold the pictures were drawn at.
@@ -145,11 +144,7 @@ def report(
         f"[demo] pictures (ground truth | detections scoring >= {threshold:.3f}, {scale:g}x): "
         f"{pictures_dir}/"
     )
-    curves = plot_training_curves(
-        os.path.join(output_dir, "metrics.json"), os.path.join(output_dir, "curves.png")
-    )
-    if curves is not None:
-        print(f"[demo] training curves: {curves}")
+    print(f"[demo] training curves: tensorboard --logdir {output_dir}")
     return threshold
 
 

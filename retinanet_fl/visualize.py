@@ -1,14 +1,10 @@
 """
-Pictures and curves of a trained detector, for the demo: the score threshold to draw detections at
-(the F1-optimal one on a validation set), ground truth beside the detections at a readable size,
-and the training curves from Detectron2's ``metrics.json``.
+Pictures of a trained detector, for the demo: the score threshold to draw detections at (the
+F1-optimal one on a validation set) and ground truth beside the detections at a readable size.
 """
 
 import dataclasses
-import json
-import logging
 import math
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
@@ -16,16 +12,12 @@ import numpy as np
 import torch
 from detectron2.structures import Boxes, BoxMode, Instances, pairwise_iou
 
-logger = logging.getLogger(__name__)
-
 TITLE_HEIGHT = 28  # pixels of the band with the panels' titles
 
 __all__ = [
     "ThresholdChoice",
     "f1_optimal_threshold",
     "side_by_side",
-    "plot_training_curves",
-    "read_metrics",
 ]
 
 
@@ -212,79 +204,3 @@ def side_by_side(
             cv2.LINE_AA,
         )
     return np.concatenate([band, panels], axis=0)
-
-
-def read_metrics(path: Path) -> List[Dict]:
-    """
-    Returns:
-        the records of Detectron2's ``metrics.json`` (one JSON object per line), lines cut short
-        by an interruption skipped.
-    """
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def plot_training_curves(
-    metrics_path: Path,
-    output: Path,
-    keys: Sequence[str] = ("total_loss", "loss_cls", "loss_box_reg"),
-) -> Optional[Path]:
-    """
-    Plot the losses (and the learning rate, on a second axis) against the iteration.
-
-    Args:
-        metrics_path: Detectron2's ``metrics.json``.
-        output: the PNG to write.
-        keys: the loss entries to plot.
-
-    Returns:
-        ``output``, or None without matplotlib (the ``tools`` extra), which the detector does not
-        need.
-    """
-    try:
-        import matplotlib
-    except ImportError:
-        logger.warning("No training curves: matplotlib is not installed (pip install '.[tools]').")
-        return None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [r for r in read_metrics(metrics_path) if "iteration" in r and keys[0] in r]
-    if not records:
-        raise ValueError(f"{metrics_path} holds no training records with '{keys[0]}'.")
-    iterations = [r["iteration"] for r in records]
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for key in keys:
-        values = [r.get(key, math.nan) for r in records]
-        ax.plot(iterations, values, label=key)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (median of the logging window)")
-    ax.grid(alpha=0.3)
-    if any("lr" in r for r in records):
-        lr_axis = ax.twinx()
-        lr_axis.plot(iterations, [r.get("lr", math.nan) for r in records], "k:", label="lr")
-        lr_axis.set_ylabel("learning rate")
-        handles = ax.get_legend_handles_labels()
-        extra = lr_axis.get_legend_handles_labels()
-        ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8)
-    else:
-        ax.legend(fontsize=8)
-    evals = [r for r in read_metrics(metrics_path) if "bbox/AP" in r]
-    title = "Training curves"
-    if evals:
-        title += f" (final AP {evals[-1]['bbox/AP']:.1f})"
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
-    return output

@@ -1,7 +1,6 @@
-"""The demo's threshold choice, pictures and curves (retinanet_fl.visualize, demo.report)."""
+"""The demo's threshold choice and pictures (retinanet_fl.visualize, demo.report)."""
 
 import json
-import sys
 import uuid
 
 import cv2
@@ -18,8 +17,6 @@ from retinanet_fl.model_zoo import get_config_file
 from retinanet_fl.visualize import (
     TITLE_HEIGHT,
     f1_optimal_threshold,
-    plot_training_curves,
-    read_metrics,
 )
 
 
@@ -62,30 +59,6 @@ def test_f1_optimal_threshold():
         f1_optimal_threshold([_record(1, [])], detections, {1: 0, 2: 1})
 
 
-def test_training_curves(tmp_path):
-    metrics = tmp_path / "metrics.json"
-    lines = [
-        json.dumps({"iteration": i, "total_loss": 1.0 / (i + 1), "loss_cls": 0.5, "lr": 0.01})
-        for i in range(0, 40, 10)
-    ]
-    metrics.write_text("\n".join(lines + ['{"iteration": 39, "bbox/AP": 12.5}', '{"cut']))
-    assert len(read_metrics(metrics)) == 5
-    output = plot_training_curves(metrics, tmp_path / "curves.png")
-    assert output.stat().st_size > 10000
-    (tmp_path / "empty.json").write_text("")
-    with pytest.raises(ValueError, match="no training records"):
-        plot_training_curves(tmp_path / "empty.json", tmp_path / "x.png")
-
-
-def test_training_curves_are_skipped_without_matplotlib(tmp_path, monkeypatch, caplog):
-    metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"iteration": 0, "total_loss": 1.0}))
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    assert plot_training_curves(metrics, tmp_path / "curves.png") is None
-    assert not (tmp_path / "curves.png").exists()
-    assert "matplotlib is not installed" in caplog.text
-
-
 def test_demo_report_draws_ground_truth_beside_detections(tmp_path, capsys):
     prefix = f"test_demo_{uuid.uuid4().hex[:8]}"
     names = register_synthetic_coco(
@@ -104,9 +77,6 @@ def test_demo_report_draws_ground_truth_beside_detections(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     AtomicCheckpointer(build_model(cfg), save_dir=str(run)).save("model_final")
-    (run / "metrics.json").write_text(
-        json.dumps({"iteration": 0, "total_loss": 2.0, "loss_cls": 1.0, "loss_box_reg": 1.0})
-    )
     # The evaluator's results: every ground-truth box found, with a score of .6.
     records = DatasetCatalog.get(names["val"])
     detections = [
@@ -130,4 +100,3 @@ def test_demo_report_draws_ground_truth_beside_detections(tmp_path, capsys):
     image = cv2.imread(records[0]["file_name"])
     plain = cv2.resize(image, (288, 288), interpolation=cv2.INTER_LINEAR)
     assert abs(picture[TITLE_HEIGHT:, :288].astype(int) - plain.astype(int)).mean() > 1.0
-    assert (run / "curves.png").stat().st_size > 10000
