@@ -208,6 +208,7 @@ def predict_images(
     confidence_threshold: float,
     batch_size: int = 1,
     resume: bool = False,
+    scale: float = 1.0,
 ) -> PredictionSummary:
     """
     Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn, one line
@@ -223,6 +224,7 @@ def predict_images(
         confidence_threshold: detections scoring below it are neither drawn nor saved.
         batch_size: images per forward pass.
         resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
+        scale: size of the pictures relative to the images (> 1 for small images).
 
     Returns:
         the summary: outputs, counts and the unreadable images.
@@ -250,9 +252,9 @@ def predict_images(
             outputs = runner(list(images.values()))
             for (path, image_bgr), instances in zip(images.items(), outputs):
                 instances = instances[instances.scores >= confidence_threshold]
-                drawn = Visualizer(image_bgr[:, :, ::-1], metadata).draw_instance_predictions(
-                    instances
-                )
+                drawn = Visualizer(
+                    image_bgr[:, :, ::-1], metadata, scale
+                ).draw_instance_predictions(instances)
                 cv2.imwrite(
                     os.path.join(output_dir, os.path.basename(path)),
                     drawn.get_image()[:, :, ::-1],
