@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import ablation_report as report
+import synthetic_pretrain
 import yaml
 
 logger = logging.getLogger("ablation")
@@ -559,6 +560,26 @@ def ensure_datasets(experiment: Experiment, run: Run) -> None:
             )
 
 
+def with_weights_file(run: Run) -> Run:
+    """
+    The package reads weights from files: a ``synthetic-pretrained://`` ``MODEL.WEIGHTS`` (of the
+    base config or the overrides) becomes the cached backbone's file, built first if missing. The
+    run keeps its folder, whose digest hashes the URL, so that the run store stays valid.
+
+    Returns:
+        the run, with a last ``MODEL.WEIGHTS <file>`` override where its weights are such a URL.
+    """
+    from retinanet_fl.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(run.config_file))
+    cfg.merge_from_list(list(run.opts))
+    weights = synthetic_pretrain.weights_file(cfg.MODEL.WEIGHTS)
+    if weights == cfg.MODEL.WEIGHTS:
+        return run
+    return dataclasses.replace(run, opts=(*run.opts, "MODEL.WEIGHTS", weights))
+
+
 def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
@@ -573,6 +594,7 @@ def execute_run(run: Run, launcher: Launcher = launch_train_net, retry_failed: b
     """
     Run one cell unless it is done: a finished run is skipped, and so is a failed one unless
     ``retry_failed``; an interrupted (or killed: still "running") one continues with ``--resume``.
+    A pretrained backbone it starts from is built before (:func:`with_weights_file`).
 
     Returns:
         the run's status afterwards.
@@ -581,6 +603,7 @@ def execute_run(run: Run, launcher: Launcher = launch_train_net, retry_failed: b
     if done:
         return done
     resume = (read_status(run.run_dir) or {}).get("status") in (RUNNING, INTERRUPTED)
+    run = with_weights_file(run)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": RUNNING, "row": run.name, "command": run.command(resume), "started": _now()}
     _write_status(run.run_dir, status)

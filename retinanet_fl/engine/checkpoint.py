@@ -10,7 +10,6 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .. import pretrain
 from ..modeling.head import RetinaNetFocalHead, check_cls_score_checkpoint
 
 
@@ -63,9 +62,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         _write_atomically(path, lambda f: f.write(last_filename_basename), "w")
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        if path.startswith(pretrain.PREFIX):
-            # Registered on first use, not at import: training the backbone takes minutes.
-            pretrain.register_handler()
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(
                 f"Weights file '{path}' does not exist. Check MODEL.WEIGHTS (or the "

@@ -20,7 +20,6 @@ from retinanet_fl.data.synthetic import (
     register_synthetic_coco,
     synthetic_split_paths,
 )
-from retinanet_fl.data.synthetic import __main__ as synthetic_cli
 from retinanet_fl.data.synthetic import generate as synthetic_generate
 from retinanet_fl.data.synthetic import render as synthetic_render
 
@@ -290,17 +289,6 @@ def test_generate_replaces_an_earlier_dataset(tmp_path):
     assert os.listdir(tmp_path) == ["ds"]
 
 
-def test_command_line(tmp_path, capsys):
-    out = str(tmp_path / "cli")
-    synthetic_cli.main(["--out", out, "--num-train", "3", "--num-val", "2", "--image-size", "48"])
-    printed = capsys.readouterr().out
-    assert "train: 3 images" in printed and "val: 2 images" in printed
-    assert _load_json(out)["images"][0]["width"] == 48
-    with pytest.raises(SystemExit):
-        synthetic_cli.main(["--out", out, "--image-size", "8"])
-    assert "image_size must be an integer >= 32" in capsys.readouterr().err
-
-
 def test_objects_and_distractors_per_image_set_the_regime(tmp_path):
     """The imbalance study's knobs: a fixed object count, and the clutter (distractors)."""
     generate_synthetic_coco(
@@ -340,26 +328,6 @@ def test_objects_and_distractors_per_image_set_the_regime(tmp_path):
     assert len(boxes) == 12 and max(max(w, h) for _, _, w, h in boxes) <= 21
     with pytest.raises(ValueError, match="max_object_size must be in \\[12, image_size = 64\\]"):
         generate_synthetic_coco(str(tmp_path / "bad"), **TINY, max_object_size=100.0)
-
-    out = str(tmp_path / "cli")
-    synthetic_cli.main(
-        [
-            "--out",
-            out,
-            "--num-train",
-            "2",
-            "--num-val",
-            "1",
-            "--image-size",
-            "64",
-            "--objects",
-            "1",
-            "1",
-            "--distractors",
-            "0",
-        ]
-    )
-    assert len(_load_json(out)["annotations"]) == 2
 
 
 def test_import_registers_the_default_dataset_only():

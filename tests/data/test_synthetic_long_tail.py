@@ -1,4 +1,4 @@
-"""Tests of the long-tailed synthetic variant: `--long-tail RATIO` and `synthetic_longtail50`."""
+"""Tests of the long-tailed synthetic variant: `long_tail_ratio` and `synthetic_longtail50`."""
 
 import collections
 import json
@@ -14,7 +14,6 @@ from retinanet_fl.data.synthetic import (
     long_tail_class_probs,
     synthetic_split_paths,
 )
-from retinanet_fl.data.synthetic import __main__ as synthetic_cli
 
 K = len(SYNTHETIC_CLASSES)
 
@@ -79,23 +78,8 @@ def test_a_balanced_dataset_is_unchanged_by_the_long_tail_option(tmp_path):
 
 @pytest.mark.parametrize("ratio", [0.5, 0.0, -3.0, float("nan"), float("inf"), True, "50"])
 def test_bad_ratios_are_refused(tmp_path, ratio):
-    with pytest.raises(ValueError, match="long-tail ratio \\(--long-tail\\) must be a finite"):
+    with pytest.raises(ValueError, match="long_tail_ratio must be a finite"):
         generate_synthetic_coco(
             str(tmp_path / "ds"), num_train=2, num_val=1, image_size=64, long_tail_ratio=ratio
         )
     assert not (tmp_path / "ds").exists()
-
-
-def test_command_line_long_tail(tmp_path, capsys):
-    out = str(tmp_path / "cli")
-    synthetic_cli.main(
-        ["--out", out, "--num-train", "6", "--num-val", "2", "--image-size", "64"]
-        + ["--long-tail", "10"]
-    )
-    printed = capsys.readouterr().out
-    assert "objects per class: red_circle" in printed and "blue_triangle" in printed
-    assert _class_counts(out, "train")[1]["long_tail_ratio"] == 10.0
-    for bad in ("0.9", "nan"):
-        with pytest.raises(SystemExit):
-            synthetic_cli.main(["--out", out, "--long-tail", bad])
-        assert "--long-tail RATIO must be a finite number >= 1" in capsys.readouterr().err

@@ -2,16 +2,20 @@
 
 import json
 import math
+import os
 import statistics
 
 import ablation
 import ablation_report
 import pytest
+import synthetic_pretrain
 
 from retinanet_fl.model_zoo import get_config_file
 
 # Committed in results/study_imbalance/study_imbalance_runs.csv: obj1, CE and FL, seed 0.
 OBJ1_CE_SEED0, OBJ1_FL_SEED0 = "cc70524305a4", "7c4e5725be19"
+# ... and obj1_pretrained's, whose MODEL.WEIGHTS is synthetic-pretrained://R-18.
+PRETRAINED_CE_SEED0, PRETRAINED_FL_SEED0 = "994c8659a1d2", "1b115df470f6"
 
 
 def test_study_grid_expands_rows_arms_seeds_with_committed_digests(tmp_path, monkeypatch):
@@ -40,6 +44,31 @@ def test_study_grid_expands_rows_arms_seeds_with_committed_digests(tmp_path, mon
     assert [r.row.name for r in table_runs] == [r.name for r in table.rows]
     assert table_runs[0].run_dir.name == OBJ1_CE_SEED0  # gamma_0_alpha_0.75 is obj1's CE
     assert table_runs[3].run_dir.name == OBJ1_FL_SEED0  # gamma_2_alpha_0.25 is obj1's FL
+
+
+def test_pretrained_url_is_hashed_and_train_net_gets_the_cached_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    monkeypatch.setenv(synthetic_pretrain.CACHE_ENV, str(tmp_path / "cache"))
+    study = ablation.load_experiment("imbalance", rows=["obj1_pretrained"], seeds=[0])
+    ce, fl = ablation.plan(study, tmp_path)
+    assert (ce.run_dir.name, fl.run_dir.name) == (PRETRAINED_CE_SEED0, PRETRAINED_FL_SEED0)
+
+    # A recipe small enough to build here: built before the launch, its file given to train_net.
+    tiny = "synthetic-pretrained://R-18/iters=2/num_images=16/num_val_images=8/image_size=32"
+    run = ablation.plan(study, tmp_path, ["MODEL.WEIGHTS", tiny])[0]
+    assert run.run_dir.name == ablation.config_digest(run.config_file, run.opts)
+    launched = []
+
+    def launcher(launched_run, resume):
+        command = launched_run.command(resume)
+        launched.append((launched_run.run_dir, command[-2:], os.path.isfile(command[-1])))
+        return 1
+
+    ablation.execute_run(run, launcher)
+    (cached,) = (tmp_path / "cache").glob("synthetic_R-18_*.pth")
+    # The run's folder is the URL's; the last override (train_net's MODEL.WEIGHTS) is the file.
+    assert launched == [(run.run_dir, ["MODEL.WEIGHTS", str(cached.resolve())], True)]
+    assert ablation.read_status(run.run_dir)["command"][-1] == str(cached.resolve())
 
 
 def test_digest_ignores_restated_values_and_changes_with_a_value():

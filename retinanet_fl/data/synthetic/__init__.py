@@ -6,7 +6,7 @@ Importing this module registers ``synthetic_train`` and ``synthetic_val`` in Det
 ``DatasetCatalog``, rooted at ``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``)
 as the variable is when they are loaded.
 The dataset is generated with the default sizes the first time one of them is loaded, if missing.
-``python -m retinanet_fl.data.synthetic --out DIR`` writes it explicitly, with other sizes if asked.
+:func:`generate_synthetic_coco` writes it explicitly, elsewhere or with other sizes.
 """
 
 import functools

@@ -79,7 +79,7 @@ def _check_long_tail_ratio(ratio: Optional[float]) -> Optional[float]:
         or ratio < 1
     ):
         raise ValueError(
-            "Synthetic dataset: the long-tail ratio (--long-tail) must be a finite number >= 1 "
+            "Synthetic dataset: long_tail_ratio must be a finite number >= 1 "
             f"(most / least frequent class), got {ratio!r}."
         )
     return float(ratio)
@@ -267,7 +267,8 @@ def _render_to_temp(
 def _check_replaceable(out_dir: str) -> None:
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(
-            f"Synthetic dataset output {out_dir} exists and is not a folder; choose another --out."
+            f"Synthetic dataset output {out_dir} exists and is not a folder; "
+            "choose another out_dir."
         )
     if os.path.isdir(out_dir):
         foreign = sorted(set(os.listdir(out_dir)) - {"annotations", *SPLITS})
@@ -275,7 +276,7 @@ def _check_replaceable(out_dir: str) -> None:
             raise ValueError(
                 f"Refusing to replace {out_dir}: it holds {', '.join(foreign[:5])}"
                 f"{', ...' if len(foreign) > 5 else ''}, which the synthetic dataset does not "
-                "write. Choose another --out, or delete the folder."
+                "write. Choose another out_dir, or delete the folder."
             )
 
 
@@ -392,7 +393,7 @@ def ensure_synthetic_coco(
             raise RuntimeError(
                 f"{out_dir} exists but holds no complete synthetic dataset (annotations/"
                 "instances_{train,val}.json are missing). Delete it, or regenerate it with "
-                f"`python -m retinanet_fl.data.synthetic --out {out_dir}`."
+                f"retinanet_fl.data.synthetic.generate_synthetic_coco('{out_dir}')."
             ) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

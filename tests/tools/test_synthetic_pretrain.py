@@ -1,16 +1,15 @@
-"""The synthetic-pretrained backbone: recipe URLs, the cache, and loading it as MODEL.WEIGHTS."""
+"""tools/synthetic_pretrain.py: recipe URLs, the cache, and the backbone as a detector's weights."""
 
 import json
 
 import pytest
+import synthetic_pretrain
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from synthetic_pretrain import NO_OBJECT, PretrainRecipe, render_classification_set
 
-from retinanet_fl import pretrain
 from retinanet_fl.data.synthetic.render import SYNTHETIC_CLASSES
-from retinanet_fl.pretrain import NO_OBJECT, PretrainRecipe, render_classification_set
-from tests.test_train_net import run_train_net
+from retinanet_fl.engine.checkpoint import AtomicCheckpointer
 
 TINY = (
     "synthetic-pretrained://R-18/iters=2/num_images=16/num_val_images=8/batch_size=4/image_size=32"
@@ -43,15 +42,16 @@ def test_classification_images_hold_their_labelled_object():
 
 
 def test_weights_url_trains_once_then_loads_from_the_cache(small_cfg, tmp_path, monkeypatch):
-    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path))
-    cfg = small_cfg("MODEL.RESNETS.NORM", "BN")
-    model = build_model(cfg)
-    pretrain.register_handler()
-    DetectionCheckpointer(model).load(TINY)
+    monkeypatch.setenv(synthetic_pretrain.CACHE_ENV, str(tmp_path))
+    path = synthetic_pretrain.weights_file(TINY)
 
     (cached,) = tmp_path.glob("synthetic_R-18_*.pth")
+    assert path == str(cached.resolve())
     summary = json.loads(cached.with_suffix(".json").read_text())
     assert 0.0 <= summary["val_accuracy"] <= 1.0 and summary["recipe"]["iters"] == 2
+    # The detector's checkpointer loads it as the backbone's bottom_up, parameter for parameter.
+    model = build_model(small_cfg("MODEL.RESNETS.NORM", "BN"))
+    AtomicCheckpointer(model).load(path)
     state = torch.load(cached)["model"]
     bottom_up = model.backbone.bottom_up
     assert state.keys() >= {f"backbone.bottom_up.{k}" for k in bottom_up.state_dict()}
@@ -62,17 +62,16 @@ def test_weights_url_trains_once_then_loads_from_the_cache(small_cfg, tmp_path, 
     def no_training(recipe):
         raise AssertionError("pretrained again despite the cache")
 
-    monkeypatch.setattr(pretrain, "pretrain_backbone", no_training)
-    fresh = build_model(cfg)
-    DetectionCheckpointer(fresh).load(TINY)
-    loaded = fresh.backbone.bottom_up.res5[0].conv1.weight
-    assert torch.equal(loaded, state["backbone.bottom_up.res5.0.conv1.weight"])
+    monkeypatch.setattr(synthetic_pretrain, "pretrain_backbone", no_training)
+    assert synthetic_pretrain.weights_file(TINY) == path
+    assert synthetic_pretrain.weights_file("model_final.pth") == "model_final.pth"
 
 
-def test_train_net_reads_the_weights_url(datasets_root, tmp_path, monkeypatch):
-    # A fresh process, where only the Trainer can have registered the URL scheme.
-    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "cache"))
-    opts = ["MODEL.WEIGHTS", TINY, "MODEL.RESNETS.NORM", "BN", "DATASETS.TEST", "()"]
-    output = run_train_net(datasets_root, tmp_path / "out", "--eval-only", opts=opts)
-    (cached,) = (tmp_path / "cache").glob("synthetic_R-18_*.pth")
-    assert f"[Checkpointer] Loading from {cached}" in output
+def test_command_line_prints_the_cached_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(synthetic_pretrain.CACHE_ENV, str(tmp_path))
+    synthetic_pretrain.main([TINY[len(synthetic_pretrain.PREFIX) :]])
+    (cached,) = tmp_path.glob("synthetic_R-18_*.pth")
+    assert capsys.readouterr().out.strip() == str(cached)
+    with pytest.raises(SystemExit):
+        synthetic_pretrain.main(["resnet18"])
+    assert "is not a synthetic-pretrained backbone" in capsys.readouterr().err

@@ -1,14 +1,16 @@
+#!/usr/bin/env python
 """
-A backbone pretrained on the synthetic objects, the CPU counterpart of the paper's ImageNet
+A backbone pretrained on the synthetic objects, the lab's CPU counterpart of the paper's ImageNet
 initialisation: a ResNet trained once to classify small images holding one synthetic object (or
 none) and shared by every run that starts from it.
 
-``MODEL.WEIGHTS "synthetic-pretrained://R-18"`` loads it like Detectron2's
-``detectron2://ImageNetPretrained/...`` weights (our checkpointer registers the URL scheme; for
-Detectron2's own, call :func:`register_handler` first): the first use trains it (minutes on the
-CPU) and caches it under ``output/pretrained/`` (``$RETINANET_FL_PRETRAINED_CACHE`` to change);
-later uses read the file. Path segments change the recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
-``python -m retinanet_fl.pretrain R-18`` builds it ahead of time and prints where it is.
+A study names it as ``MODEL.WEIGHTS "synthetic-pretrained://R-18"``; ``tools/ablation.py`` hashes
+that URL into the run's digest and hands train_net the cached file (:func:`weights_file`). The first
+use trains it (minutes on the CPU) and caches it under ``output/pretrained/``
+(``$RETINANET_FL_PRETRAINED_CACHE`` to change); later uses read the file. Path segments change the
+recipe, e.g. ``synthetic-pretrained://R-18/iters=300``.
+
+    python tools/synthetic_pretrain.py R-18    # build it ahead of time and print its path
 
 The recipe assumes the detector's input as the shipped configs have it: BGR images normalised with
 Detectron2's default ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, and ``MODEL.RESNETS.NORM "BN"``.
@@ -17,7 +19,6 @@ Detectron2's default ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``, and ``MODEL.RESNETS.N
 import argparse
 import dataclasses
 import fcntl
-import functools
 import hashlib
 import json
 import logging
@@ -34,22 +35,12 @@ import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
-from detectron2.utils.file_io import PathManager
-from iopath.common.file_io import PathHandler
 from torch import Tensor, nn
 
-from .config import get_cfg
-from .data.synthetic.render import SYNTHETIC_CLASSES, render_image
+from retinanet_fl.config import get_cfg
+from retinanet_fl.data.synthetic.render import SYNTHETIC_CLASSES, render_image
 
-__all__ = [
-    "PREFIX",
-    "PretrainRecipe",
-    "SyntheticPretrainedHandler",
-    "pretrained_backbone_path",
-    "register_handler",
-]
-
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("synthetic_pretrain")
 
 PREFIX = "synthetic-pretrained://"
 CACHE_ENV = "RETINANET_FL_PRETRAINED_CACHE"
@@ -99,8 +90,10 @@ class PretrainRecipe:
     def from_url(cls, url: str) -> "PretrainRecipe":
         """
         Args:
-            url: ``synthetic-pretrained://R-<depth>[/field=value/...]`` (path segments, since
-                Detectron2's checkpointer drops a URL's query).
+            url: ``synthetic-pretrained://R-<depth>[/field=value/...]``.
+
+        Returns:
+            the default recipe with the URL's depth and fields.
         """
         name, *settings = url[len(PREFIX) :].strip("/").split("/")
         if not url.startswith(PREFIX) or not name.startswith("R-") or not name[2:].isdigit():
@@ -254,7 +247,11 @@ def cache_dir() -> Path:
 def pretrained_backbone_path(recipe: PretrainRecipe, directory: Optional[Path] = None) -> Path:
     """
     The cached backbone of ``recipe``, trained and written first if it is not there. Concurrent
-    callers (the workers of a run, parallel sweeps) wait on a lock, so it is trained once.
+    callers (parallel sweeps) wait on a lock, so it is trained once.
+
+    Args:
+        recipe: how it is trained.
+        directory: the cache (default :func:`cache_dir`).
 
     Returns:
         a ``.pth`` file in Detectron2's checkpoint format (``{"model": state_dict, ...}``), with a
@@ -269,7 +266,7 @@ def pretrained_backbone_path(recipe: PretrainRecipe, directory: Optional[Path] =
             logger.info(f"Pretraining a backbone on synthetic objects into {path} ({recipe})")
             state, summary = pretrain_backbone(recipe)
             tmp = path.with_suffix(".tmp")
-            torch.save({"model": state, "__author__": "retinanet_fl.pretrain"}, tmp)
+            torch.save({"model": state, "__author__": "tools/synthetic_pretrain.py"}, tmp)
             path.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, path)  # atomic: a killed build leaves no half-written cache
             logger.info(
@@ -279,31 +276,23 @@ def pretrained_backbone_path(recipe: PretrainRecipe, directory: Optional[Path] =
     return path
 
 
-class SyntheticPretrainedHandler(PathHandler):
-    """Resolves ``synthetic-pretrained://R-<depth>`` for Detectron2's checkpointer."""
-
-    def _get_supported_prefixes(self) -> List[str]:
-        return [PREFIX]
-
-    def _get_local_path(self, path: str, **kwargs) -> str:
-        return str(pretrained_backbone_path(PretrainRecipe.from_url(path)))
-
-    def _open(self, path: str, mode: str = "r", **kwargs):
-        return PathManager.open(self._get_local_path(path), mode, **kwargs)
-
-
-@functools.cache  # PathManager refuses a second handler for the same prefix
-def register_handler() -> None:
+def weights_file(weights: str) -> str:
     """
-    Let Detectron2's checkpointers (their PathManager) read ``synthetic-pretrained://`` URLs.
-    Our checkpointer calls it when asked to load such a URL; calling it again does nothing.
+    Args:
+        weights: a ``MODEL.WEIGHTS`` value.
+
+    Returns:
+        for a ``synthetic-pretrained://`` URL, the absolute path of its cached backbone (built
+        first if missing); any other value as it is.
     """
-    PathManager.register_handler(SyntheticPretrainedHandler())
+    if not weights.startswith(PREFIX):
+        return weights
+    return str(pretrained_backbone_path(PretrainRecipe.from_url(weights)).resolve())
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m retinanet_fl.pretrain",
+        prog="python tools/synthetic_pretrain.py",
         description="Pretrain (or find in the cache) a backbone on the synthetic objects and print "
         "its path, for MODEL.WEIGHTS.",
     )
