@@ -37,7 +37,8 @@ from .optimizer import build_optimizer
 DATASETS_HELP = (
     "Detectron2 reads datasets from $DETECTRON2_DATASETS (now '{root}'); COCO must be laid out as "
     "coco/{{train2017,val2017,annotations}} with annotations/instances_{{train2017,val2017}}.json. "
-    "To try the project without COCO, use configs/synthetic/retinanet_R18_FPN_synthetic.yaml."
+    "To try the project without COCO, use configs/synthetic/retinanet_R18_FPN_synthetic.yaml; "
+    "for your own data, give it by path: DATASETS.TRAIN (\"coco:train.json:images\",)."
 )
 
 
@@ -109,18 +110,19 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         dataset = self.build_train_dataset(cfg)
+        # Loading the data made its classes known. Every checkpoint carries them, so predict and
+        # export name them without the data.
+        class_metadata = dataset_class_metadata(cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT) or {}
         # Per-class α computed from the training set (MODEL.RETINANET_FL.ALPHA_PER_CLASS), also
         # when resuming: it is not part of the checkpoint.
         set_alpha_per_class_from_dataset(
-            getattr(model, "cls_loss", None), dataset, _class_names(cfg.DATASETS.TRAIN)
+            getattr(model, "cls_loss", None), dataset, class_metadata.get("thing_classes")
         )
         data_loader = self.build_train_loader(cfg, dataset)
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = _step_trainer_class(cfg)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        # Every checkpoint carries the classes, so predict and export name them without the data.
-        class_metadata = dataset_class_metadata(cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
         self.checkpointer.add_checkpointable(CHECKPOINT_KEY, ClassMetadataState(class_metadata))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -208,11 +210,3 @@ def _step_trainer_class(cfg: CfgNode) -> type:
         return FiniteLossTrainer
     on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
     return FiniteLossCPUAutocastTrainer if on_cpu else FiniteLossAMPTrainer
-
-
-def _class_names(dataset_names: Sequence[str]) -> Optional[List[str]]:
-    """The ``thing_classes`` of the first dataset that has them, or None."""
-    for name in dataset_names:
-        if name in MetadataCatalog and MetadataCatalog.get(name).get("thing_classes"):
-            return list(MetadataCatalog.get(name).thing_classes)
-    return None
