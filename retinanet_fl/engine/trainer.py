@@ -38,7 +38,7 @@ DATASETS_HELP = (
     "Detectron2 reads datasets from $DETECTRON2_DATASETS (now '{root}'); COCO must be laid out as "
     "coco/{{train2017,val2017,annotations}} with annotations/instances_{{train2017,val2017}}.json. "
     "To try the project without COCO, use configs/synthetic/retinanet_R18_FPN_synthetic.yaml; "
-    "for your own data, give it by path: DATASETS.TRAIN (\"coco:train.json:images\",)."
+    'for your own data, give it by path: DATASETS.TRAIN ("coco:train.json:images",).'
 )
 
 
