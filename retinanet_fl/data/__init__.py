@@ -1,4 +1,4 @@
-"""Datasets: COCO and Pascal VOC given by path, the synthetic dataset, load-time checks, the mapper."""
+"""Datasets: COCO and Pascal VOC by path, the synthetic dataset, load-time checks, the mapper."""
 
 from . import synthetic  # noqa: F401  registers synthetic_train / synthetic_val
 from .mapper import RobustDatasetMapper, read_image  # noqa: F401

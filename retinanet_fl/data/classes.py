@@ -137,8 +137,7 @@ def resolve_num_classes(cfg: CfgNode, for_inference: bool = False) -> None:
 def metadata_for_inference(cfg: CfgNode) -> Metadata:
     """
     The metadata that names a model's detections: the classes its ``MODEL.WEIGHTS`` checkpoint
-    carries, else those of its config's datasets, else none (with one warning: detections get
-    class indices only).
+    carries, else (with one warning) those of its config's datasets, else none (class indices).
 
     Args:
         cfg: the model's config, its NUM_CLASSES resolved.
@@ -159,13 +158,18 @@ def metadata_for_inference(cfg: CfgNode) -> Metadata:
     found = checkpoint_metadata or dataset_class_metadata(
         [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN], cfg.INPUT.FORMAT
     )
-    metadata = Metadata(name="retinanet_fl_model")
-    if found is None:
+    if checkpoint_metadata is None:
         logger.warning(
             f"{cfg.MODEL.WEIGHTS} carries no class names (a Detectron2 checkpoint, or one "
-            "written before they were stored) and the config's datasets are not available: "
-            "detections are labelled with class indices 0..K-1."
+            "written before they were stored): "
+            + (
+                "detections are labelled with class indices 0..K-1."
+                if found is None
+                else f"naming its classes after the config's datasets: {found['thing_classes']}."
+            )
         )
+    metadata = Metadata(name="retinanet_fl_model")
+    if found is None:
         return metadata
     return metadata.set(
         thing_classes=found["thing_classes"],

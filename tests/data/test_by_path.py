@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from retinanet_fl.config import load_config
 from retinanet_fl.data import load_dataset_dicts, prepare_dataset_dicts
 from retinanet_fl.data.classes import ClassMetadataState, metadata_for_inference
+from retinanet_fl.data.synthetic import SYNTHETIC_CLASSES
 from retinanet_fl.model_zoo import get_config_file
 
 from ..conftest import OWN_CATEGORIES
@@ -200,6 +201,16 @@ def test_a_checkpoint_without_classes_loads_with_one_warning(tmp_path, caplog):
         metadata = metadata_for_inference(cfg)
     assert metadata.get("thing_classes") is None
     assert sum("carries no class names" in r.getMessage() for r in caplog.records) == 1
+    # With datasets in the config, their names, said in the warning.
+    caplog.clear()
+    cfg = load_config(CONFIG, ["MODEL.WEIGHTS", weights], for_inference=True)
+    with caplog.at_level(logging.WARNING, logger="retinanet_fl.data.classes"):
+        metadata = metadata_for_inference(cfg)
+    assert metadata.thing_classes == list(SYNTHETIC_CLASSES)
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "carries no class names" in r.getMessage()
+    ]
+    assert "naming its classes after the config's datasets" in warning
 
 
 def test_resuming_with_other_classes_is_an_error():
