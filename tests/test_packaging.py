@@ -1,15 +1,20 @@
 """The package as users install it: a wheel, imported from another directory."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from .test_train_net import TINY_OPTS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_ships_configs_and_tools(tmp_path):
+def test_wheel_ships_configs_and_commands_and_trains(tmp_path, datasets_root):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    # setuptools builds in the repository's build/: files deleted since a previous build linger.
+    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
     subprocess.run(
         [
             sys.executable,
@@ -66,6 +71,7 @@ def test_wheel_ships_configs_and_tools(tmp_path):
         "retinanet_fl.demo",
         "retinanet_fl.predict",
         "retinanet_fl.export",
+        "retinanet_fl.check_data",
     ):
         subprocess.run(
             [sys.executable, "-m", tool, "--help"],
@@ -74,6 +80,19 @@ def test_wheel_ships_configs_and_tools(tmp_path):
             check=True,
             capture_output=True,
         )
+    # The lab stays out of the wheel; the detector trains from it, from another directory.
+    assert not (target / "tools").exists()
+    train = [sys.executable, "-m", "retinanet_fl.train_net", "--config-file"]
+    train += [str(target / "retinanet_fl/configs/synthetic/retinanet_R18_FPN_synthetic.yaml")]
+    train += [*TINY_OPTS, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out")]
+    subprocess.run(
+        train,
+        cwd=tmp_path,
+        env=dict(environment, DETECTRON2_DATASETS=datasets_root, OMP_NUM_THREADS="1"),
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "out" / "model_final.pth").exists()
 
 
 def test_import_registers_the_model_losses_and_datasets_and_nothing_else(datasets_root):
