@@ -6,7 +6,7 @@ its checkpoints load unchanged.
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
@@ -131,23 +131,6 @@ class RetinaNetFocalHead(RetinaNetHead):
             "use_prior_init": cfg.MODEL.RETINANET_FL.USE_PRIOR_INIT,
             "background_logit": cls_loss_has_background_logit(cfg),
         }
-
-    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """
-        Args:
-            features: per-level feature maps, finest first, each ``(N, C, Hi, Wi)``.
-
-        Returns:
-            list[Tensor]: per-level classification logits, each ``(N, A×K, Hi, Wi)``
-                (``(N, A×(K+1), Hi, Wi)`` with a background logit).
-            list[Tensor]: per-level box deltas ``(dx, dy, dw, dh)``, each ``(N, A×4, Hi, Wi)``.
-        """
-        # Detectron2 asserts this; a ValueError names both counts.
-        if len(features) != self._num_features:
-            raise ValueError(
-                f"The head was built for {self._num_features} feature levels, got {len(features)}."
-            )
-        return super().forward(features)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_cls_score_checkpoint(self, state_dict, prefix)

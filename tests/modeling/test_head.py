@@ -38,7 +38,7 @@ def test_output_shapes_per_level():
     for feature, level_logits, level_deltas in zip(features, logits, deltas):
         assert level_logits.shape == (2, 9 * 5, *feature.shape[-2:])
         assert level_deltas.shape == (2, 9 * 4, *feature.shape[-2:])
-    with pytest.raises(ValueError, match="5 feature levels, got 4"):
+    with pytest.raises(AssertionError):  # Detectron2's head's check (its forward is scripted)
         head(features[:4])
 
 
