@@ -204,9 +204,8 @@ def test_default_datasets_are_registered():
         name = f"synthetic_{split}"
         assert name in DatasetCatalog.list()
         metadata = MetadataCatalog.get(name)
-        assert (
-            metadata.json_file == synthetic_split_paths(synthetic.DEFAULT_SYNTHETIC_ROOT, split)[0]
-        )
+        json_file, _ = synthetic_split_paths(synthetic.default_synthetic_root(), split)
+        assert metadata.json_file == json_file
         assert metadata.evaluator_type == "coco"
         assert metadata.thing_classes == list(SYNTHETIC_CLASSES)
 

@@ -33,7 +33,6 @@ from .generate import (
 __all__ = [
     "SYNTHETIC_CLASSES",
     "SPLITS",
-    "DEFAULT_SYNTHETIC_ROOT",
     "default_synthetic_root",
     "generate_synthetic_coco",
     "ensure_synthetic_coco",
@@ -48,13 +47,6 @@ __all__ = [
 def default_synthetic_root() -> str:
     """``$DETECTRON2_DATASETS/synthetic`` (default ``datasets/synthetic``), as it is now."""
     return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "synthetic")
-
-
-def __getattr__(name: str) -> str:
-    # DEFAULT_SYNTHETIC_ROOT follows $DETECTRON2_DATASETS when it is read, not as it was at import.
-    if name == "DEFAULT_SYNTHETIC_ROOT":
-        return default_synthetic_root()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_synthetic_coco(root: str, split: str, dataset_name: str, **generate_kwargs) -> List[Dict]:
