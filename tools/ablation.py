@@ -389,7 +389,7 @@ def _num_classes(cfg) -> int:
     where it is at hand, else 0 stays.
     """
     from retinanet_fl.data.by_path import register_path_datasets
-    from retinanet_fl.data.classes import dataset_class_metadata
+    from retinanet_fl.data.classes import resolve_num_classes
     from retinanet_fl.data.synthetic import SYNTHETIC_CLASSES
 
     names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
@@ -398,8 +398,8 @@ def _num_classes(cfg) -> int:
     if _dataset_identity(names[0]).startswith("synthetic"):
         return len(SYNTHETIC_CLASSES)
     register_path_datasets(names, skip_missing=True)
-    metadata = dataset_class_metadata(names, cfg.INPUT.FORMAT)
-    return len(metadata["thing_classes"]) if metadata else 0
+    resolve_num_classes(cfg)  # as train_net's load_config does; 0 stays when nothing is known
+    return cfg.MODEL.RETINANET.NUM_CLASSES
 
 
 def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "check_same_classes",
     "checkpoint_class_metadata",
     "dataset_class_metadata",
+    "known_classes",
     "metadata_for_inference",
     "resolve_num_classes",
 ]
@@ -40,7 +41,8 @@ NUM_CLASSES_FROM_DATA = 0
 CHECKPOINT_KEY = "class_metadata"
 
 
-def _known_classes(name: str) -> Optional[List[str]]:
+def known_classes(name: str) -> Optional[List[str]]:
+    """Returns: the ``thing_classes`` of a dataset, or None when they are not known (yet)."""
     # MetadataCatalog.get would register an empty entry for an unknown name.
     if name not in MetadataCatalog.list():
         return None
@@ -58,7 +60,7 @@ def dataset_class_metadata(dataset_names: Sequence[str], input_format: str) -> O
         the class metadata of that dataset, or None when none of them has known classes.
     """
     for name in dataset_names:
-        thing_classes = _known_classes(name)
+        thing_classes = known_classes(name)
         if thing_classes is not None:
             id_map = MetadataCatalog.get(name).get("thing_dataset_id_to_contiguous_id", {})
             return {
@@ -78,7 +80,7 @@ def check_same_classes(dataset_names: Sequence[str]) -> None:
     """
     first_name, first_classes = None, None
     for name in dataset_names:
-        classes = _known_classes(name)
+        classes = known_classes(name)
         if classes is None:
             continue
         if first_classes is None:
@@ -127,9 +129,16 @@ def resolve_num_classes(cfg: CfgNode, for_inference: bool = False) -> None:
     """
     if cfg.MODEL.RETINANET.NUM_CLASSES != NUM_CLASSES_FROM_DATA:
         return
-    from_data = dataset_class_metadata([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST], cfg.INPUT.FORMAT)
-    from_checkpoint = checkpoint_class_metadata(cfg.MODEL.WEIGHTS)
-    found = (from_checkpoint or from_data) if for_inference else (from_data or from_checkpoint)
+
+    def from_data() -> Optional[Dict]:
+        return dataset_class_metadata([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST], cfg.INPUT.FORMAT)
+
+    def from_checkpoint() -> Optional[Dict]:
+        return checkpoint_class_metadata(cfg.MODEL.WEIGHTS)
+
+    # The second source is read only when the first has nothing: a checkpoint is a whole file.
+    first, second = (from_checkpoint, from_data) if for_inference else (from_data, from_checkpoint)
+    found = first() or second()
     if found is not None:
         cfg.MODEL.RETINANET.NUM_CLASSES = len(found["thing_classes"])
 

@@ -20,11 +20,10 @@ from typing import Dict, Mapping, Sequence
 import torch
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as get_detectron2_cfg
-from detectron2.data import MetadataCatalog
 from torch import nn
 
 from ..config import get_cfg
-from ..data.classes import NUM_CLASSES_FROM_DATA
+from ..data.classes import NUM_CLASSES_FROM_DATA, known_classes
 from ..modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes
 from ..modeling.cls_losses import CLS_LOSS_REGISTRY
 
@@ -83,10 +82,7 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
             "set MODEL.RETINANET.NUM_CLASSES."
         )
     for name in dataset_names:
-        # MetadataCatalog.get would register an empty entry for an unknown name.
-        if name not in MetadataCatalog:
-            continue
-        thing_classes = MetadataCatalog.get(name).get("thing_classes")
+        thing_classes = known_classes(name)
         if thing_classes is None or len(thing_classes) == num_classes:
             continue
         roi_heads_note = ""
