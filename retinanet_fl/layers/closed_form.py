@@ -18,6 +18,7 @@ evaluates the gradient with differentiable operations, so second derivatives wor
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -226,7 +227,8 @@ def _eager_in_chunks(
     The eager kernel: ``_loss_and_grad`` over blocks of rows, written into preallocated outputs,
     so that its temporaries take a chunk's memory instead of the whole tensor's.
     """
-    row_elements = max(1, logits[0].numel()) if logits.dim() else 1
+    # From the shape, not logits[0]: a batch may have no rows.
+    row_elements = max(1, math.prod(logits.shape[1:]))
     chunk_rows = max(1, _EAGER_CHUNK_ELEMENTS // row_elements)
     if logits.dim() == 0 or len(logits) <= chunk_rows:
         return _loss_and_grad(logits, target, loss_fn, with_grad)
