@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import retinanet_fl  # noqa: F401  registers our model, anchors, head, losses and datasets
 from retinanet_fl.config import load_config
+from retinanet_fl.data.classes import CHECKPOINT_KEY, check_model_classes
 from retinanet_fl.engine import AtomicCheckpointer, Trainer, launch
 from retinanet_fl.modeling.tta import DenseDetectorWithTTA
 
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def setup(args):
-    cfg = load_config(args.config_file, args.opts)
+    # Evaluation needs only the model and DATASETS.TEST: the training data may be absent, and the
+    # checkpoint's classes come first.
+    cfg = load_config(args.config_file, args.opts, for_inference=args.eval_only)
     cfg.freeze()
     default_setup(cfg, args)
     # Our modules log what the data checks dropped and what the config validation warns about.
@@ -39,8 +42,12 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        check_model_classes(
+            (checkpoint.get(CHECKPOINT_KEY) or {}).get("thing_classes"),
+            checkpointer.get_checkpoint_file() if args.resume else cfg.MODEL.WEIGHTS,
+            cfg.DATASETS.TEST,
         )
         if cfg.TEST.AUG.ENABLED:
             # Evaluate the model on every augmented copy of each image, detections merged.

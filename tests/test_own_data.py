@@ -83,6 +83,37 @@ def test_eval_only_reports_the_datasets_category_ids(own_run, own_coco, tmp_path
     assert results and {r["category_id"] for r in results} <= set(OWN_CATEGORIES)
 
 
+def test_eval_only_needs_no_training_data(own_run, own_coco, tmp_path):
+    output_dir, _ = own_run
+    opts = [
+        *("DATASETS.TRAIN", f"('coco:{tmp_path / 'gone' / 'train.json'}',)"),
+        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
+        *("MODEL.WEIGHTS", str(output_dir / "model_final.pth")),
+    ]
+    log = run_train_net(str(tmp_path), tmp_path, "--eval-only", opts=opts)
+    assert len(parse_box_ap(log)) == 6
+
+
+def test_eval_only_on_data_of_other_classes_is_an_error(own_run, own_coco, tmp_path):
+    output_dir, _ = own_run
+    _, json_file, image_root = own_coco["val"].split(":")
+    with open(json_file) as f:
+        content = json.load(f)
+    content["categories"][1]["name"] = "blue"  # kiwi's id now says "blue"
+    renamed = tmp_path / "val_renamed.json"
+    renamed.write_text(json.dumps(content))
+    weights = str(output_dir / "model_final.pth")
+    opts = [
+        *("DATASETS.TRAIN", "()", "DATASETS.TEST", f"('coco:{renamed}:{image_root}',)"),
+        *("MODEL.WEIGHTS", weights),
+    ]
+    with pytest.raises(AssertionError) as error:
+        run_train_net(str(tmp_path), tmp_path / "eval", "--eval-only", opts=opts)
+    message = str(error.value)
+    assert f"The model ({weights}) was trained on the classes" in message
+    assert "'blue'" in message and "wrong class names" in message
+
+
 def test_predict_names_detections_without_the_dataset(own_run, own_coco, tmp_path):
     output_dir, _ = own_run
     # The config's own datasets are the synthetic ones: names come from the checkpoint.

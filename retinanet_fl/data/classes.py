@@ -21,16 +21,21 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
+from .by_path import register_path_datasets
+
 __all__ = [
     "NUM_CLASSES_FROM_DATA",
     "CHECKPOINT_KEY",
     "ClassMetadataState",
+    "check_model_classes",
     "check_same_classes",
     "checkpoint_class_metadata",
     "dataset_class_metadata",
     "known_classes",
     "metadata_for_inference",
+    "num_classes_of",
     "resolve_num_classes",
+    "with_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,12 +121,67 @@ def checkpoint_class_metadata(weights: str) -> Optional[Dict]:
         return None
 
 
+NUM_CLASSES_HELP = (
+    "Set MODEL.RETINANET.NUM_CLASSES to the number of classes; or name a dataset whose classes "
+    'are known in DATASETS.TRAIN / DATASETS.TEST (e.g. ("coco:path/to/train.json",), or a '
+    "registered dataset such as coco_2017_train); or set MODEL.WEIGHTS to a checkpoint trained "
+    "by retinanet_fl (it carries its classes)."
+)
+
+
+def _class_metadata_of_config(cfg: CfgNode, for_inference: bool) -> Optional[Dict]:
+    """
+    The class metadata of the first dataset of ``DATASETS.TRAIN`` then ``DATASETS.TEST`` whose
+    classes are known (datasets by path registered first), or of the ``MODEL.WEIGHTS``
+    checkpoint; for inference, the checkpoint's first. None when neither is known.
+    """
+    dataset_names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    register_path_datasets(dataset_names, skip_missing=True)
+
+    def from_data() -> Optional[Dict]:
+        return dataset_class_metadata(dataset_names, cfg.INPUT.FORMAT)
+
+    def from_checkpoint() -> Optional[Dict]:
+        return checkpoint_class_metadata(cfg.MODEL.WEIGHTS)
+
+    # The second source is read only when the first has nothing: a checkpoint is a whole file.
+    first, second = (from_checkpoint, from_data) if for_inference else (from_data, from_checkpoint)
+    return first() or second()
+
+
+def num_classes_of(cfg: CfgNode, for_inference: bool = False) -> int:
+    """
+    Args:
+        cfg: a config (may be frozen).
+        for_inference: prefer the ``MODEL.WEIGHTS`` checkpoint's classes to the datasets'.
+
+    Returns:
+        ``MODEL.RETINANET.NUM_CLASSES``, or for :data:`NUM_CLASSES_FROM_DATA` the number of
+        classes of the config's data or checkpoint (see :func:`resolve_num_classes`).
+
+    Raises:
+        ValueError: 0, and neither the datasets' nor the checkpoint's classes are known.
+    """
+    if cfg.MODEL.RETINANET.NUM_CLASSES != NUM_CLASSES_FROM_DATA:
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    found = _class_metadata_of_config(cfg, for_inference)
+    if found is None:
+        raise ValueError(
+            f"MODEL.RETINANET.NUM_CLASSES is {NUM_CLASSES_FROM_DATA} (take it from the data), but "
+            f"no dataset of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} or DATASETS.TEST "
+            f"{tuple(cfg.DATASETS.TEST)} has known classes, and MODEL.WEIGHTS "
+            f"{cfg.MODEL.WEIGHTS!r} carries none. {NUM_CLASSES_HELP}"
+        )
+    return len(found["thing_classes"])
+
+
 def resolve_num_classes(cfg: CfgNode, for_inference: bool = False) -> None:
     """
     Set ``MODEL.RETINANET.NUM_CLASSES`` when it is :data:`NUM_CLASSES_FROM_DATA`: the number of
     classes of the first dataset of ``DATASETS.TRAIN`` then ``DATASETS.TEST`` whose classes are
-    known; for inference, those of the ``MODEL.WEIGHTS`` checkpoint first. An explicit value is
-    left as it is: the model's checks compare it with the datasets and the checkpoint.
+    known; for inference, those of the ``MODEL.WEIGHTS`` checkpoint first. 0 stays when nothing
+    is known (building the model then names the ways out). An explicit value is left as it is:
+    the model's checks compare it with the datasets and the checkpoint.
 
     Args:
         cfg: a config, not frozen.
@@ -129,18 +189,49 @@ def resolve_num_classes(cfg: CfgNode, for_inference: bool = False) -> None:
     """
     if cfg.MODEL.RETINANET.NUM_CLASSES != NUM_CLASSES_FROM_DATA:
         return
-
-    def from_data() -> Optional[Dict]:
-        return dataset_class_metadata([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST], cfg.INPUT.FORMAT)
-
-    def from_checkpoint() -> Optional[Dict]:
-        return checkpoint_class_metadata(cfg.MODEL.WEIGHTS)
-
-    # The second source is read only when the first has nothing: a checkpoint is a whole file.
-    first, second = (from_checkpoint, from_data) if for_inference else (from_data, from_checkpoint)
-    found = first() or second()
+    found = _class_metadata_of_config(cfg, for_inference)
     if found is not None:
         cfg.MODEL.RETINANET.NUM_CLASSES = len(found["thing_classes"])
+
+
+def with_num_classes(cfg: CfgNode) -> CfgNode:
+    """
+    Returns:
+        ``cfg`` itself, or for ``NUM_CLASSES`` 0 a copy with the number of classes of its data
+        (else its checkpoint): what a model built by Detectron2's ``build_model`` from a config
+        merged by hand (not through ``load_config``) needs.
+    """
+    if cfg.MODEL.RETINANET.NUM_CLASSES != NUM_CLASSES_FROM_DATA:
+        return cfg
+    resolved = cfg.clone()
+    resolved.defrost()
+    resolved.MODEL.RETINANET.NUM_CLASSES = num_classes_of(cfg)
+    return resolved
+
+
+def check_model_classes(
+    model_classes: Optional[Sequence[str]], source: str, dataset_names: Sequence[str]
+) -> None:
+    """
+    Raise a ValueError when a dataset's classes differ from the model's (names, in order): its
+    results would be reported under the wrong class names.
+
+    Args:
+        model_classes: the classes the model was trained on; None when unknown (nothing checked).
+        source: where they come from, for the message (e.g. a checkpoint's path).
+        dataset_names: registered datasets; those whose classes are not known are skipped.
+    """
+    if model_classes is None:
+        return
+    for name in dataset_names:
+        classes = known_classes(name)
+        if classes is not None and classes != list(model_classes):
+            raise ValueError(
+                f"The model ({source}) was trained on the classes {list(model_classes)}, but "
+                f"dataset '{name}' has {classes}: its AP would be reported under the wrong class "
+                "names. Evaluate on data with the model's classes (the same names, in the same "
+                "order of category ids), or train a model on this dataset's classes."
+            )
 
 
 def metadata_for_inference(cfg: CfgNode) -> Metadata:

@@ -23,7 +23,7 @@ from detectron2.config import get_cfg as get_detectron2_cfg
 from torch import nn
 
 from ..config import get_cfg
-from ..data.classes import NUM_CLASSES_FROM_DATA, known_classes
+from ..data.classes import known_classes, num_classes_of
 from ..modeling.anchors import OctaveAnchorGenerator, octave_anchor_sizes
 from ..modeling.cls_losses import CLS_LOSS_REGISTRY
 
@@ -72,15 +72,7 @@ def check_num_classes(cfg: CfgNode, dataset_names: Sequence[str]) -> None:
     """
     if cfg.MODEL.META_ARCHITECTURE not in RETINANET_META_ARCHITECTURES:
         return
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-    if num_classes == NUM_CLASSES_FROM_DATA:
-        raise ValueError(
-            f"MODEL.RETINANET.NUM_CLASSES is {NUM_CLASSES_FROM_DATA} (take it from the data), but "
-            f"no dataset of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} or DATASETS.TEST "
-            f"{tuple(cfg.DATASETS.TEST)} has known classes. Build the config with "
-            "retinanet_fl.config.load_config (which reads them from datasets given by path), or "
-            "set MODEL.RETINANET.NUM_CLASSES."
-        )
+    num_classes = num_classes_of(cfg)
     for name in dataset_names:
         thing_classes = known_classes(name)
         if thing_classes is None or len(thing_classes) == num_classes:

@@ -22,7 +22,12 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
-from ..data.classes import CHECKPOINT_KEY, ClassMetadataState, dataset_class_metadata
+from ..data.classes import (
+    CHECKPOINT_KEY,
+    ClassMetadataState,
+    check_model_classes,
+    dataset_class_metadata,
+)
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
@@ -113,6 +118,11 @@ class Trainer(DefaultTrainer):
         # Loading the data made its classes known. Every checkpoint carries them, so predict and
         # export name them without the data.
         class_metadata = dataset_class_metadata(cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT) or {}
+        check_model_classes(
+            class_metadata.get("thing_classes"),
+            f"DATASETS.TRAIN {cfg.DATASETS.TRAIN}",
+            cfg.DATASETS.TEST,
+        )
         # Per-class α computed from the training set (MODEL.RETINANET_FL.ALPHA_PER_CLASS), also
         # when resuming: it is not part of the checkpoint.
         set_alpha_per_class_from_dataset(

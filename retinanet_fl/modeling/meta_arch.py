@@ -29,6 +29,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
+from ..data.classes import with_num_classes
 from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
 from .cls_losses import build_cls_loss, cls_loss_has_background_logit
@@ -172,6 +173,9 @@ class FocalLossRetinaNet(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        # NUM_CLASSES 0 ("the data's") resolved here too, for configs merged by hand and built
+        # with Detectron2's build_model or DefaultPredictor.
+        cfg = with_num_classes(cfg)
         backbone = build_backbone(cfg)
         keep_tiny_top_block_in_fp32(backbone)
         backbone_shape = backbone.output_shape()
