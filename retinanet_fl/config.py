@@ -15,7 +15,7 @@ import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg as get_detectron2_cfg
 
-from .data.by_path import register_path_datasets
+from .data.by_path import canonical_dataset_name, check_registered, register_path_datasets
 from .data.classes import check_same_classes, resolve_num_classes
 
 
@@ -109,16 +109,18 @@ def load_config(config_file: str, opts: Sequence[str] = (), for_inference: bool 
     """
     Build a config the way this project's tools do: defaults, then the file, then ``KEY VALUE``
     overrides. On a machine without CUDA, a CUDA ``MODEL.DEVICE`` falls back to the CPU with a
-    warning. Datasets given by path in ``DATASETS.TRAIN`` / ``TEST`` are registered
-    (:mod:`retinanet_fl.data.by_path`), their classes checked against each other, and a
+    warning. Datasets given by path in ``DATASETS.TRAIN`` / ``TEST`` get absolute paths and are
+    registered (:mod:`retinanet_fl.data.by_path`), any other name must be registered, the
+    datasets' classes are checked against each other, and a
     ``MODEL.RETINANET.NUM_CLASSES`` of 0 set to the number of classes of the data (for
     inference, of the ``MODEL.WEIGHTS`` checkpoint first).
 
     Args:
         config_file: a YAML config (may use ``_BASE_``); empty for the defaults alone.
         opts: overrides as a flat list, e.g. ``["SOLVER.MAX_ITER", "100"]``.
-        for_inference: True when only the trained model is needed (predict, export): a dataset
-            file that does not exist is then skipped instead of being an error.
+        for_inference: True when only the trained model is needed (predict, export, evaluation):
+            a dataset that does not exist or is not registered is then left to the code that
+            reads it, instead of being an error here.
 
     Returns:
         the config, not frozen.
@@ -137,7 +139,13 @@ def load_config(config_file: str, opts: Sequence[str] = (), for_inference: bool 
             "Set MODEL.DEVICE cpu to silence this."
         )
         cfg.MODEL.DEVICE = "cpu"
+    # Absolute paths: "coco:a.json" and "coco:./a.json" are one dataset, and the run's saved
+    # config.yaml works from any directory.
+    cfg.DATASETS.TRAIN = tuple(canonical_dataset_name(name) for name in cfg.DATASETS.TRAIN)
+    cfg.DATASETS.TEST = tuple(canonical_dataset_name(name) for name in cfg.DATASETS.TEST)
     dataset_names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    if not for_inference:
+        check_registered(dataset_names)
     register_path_datasets(dataset_names, skip_missing=for_inference)
     check_same_classes(dataset_names)
     resolve_num_classes(cfg, for_inference)

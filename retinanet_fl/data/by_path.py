@@ -7,42 +7,58 @@ Datasets given by path in ``DATASETS.TRAIN`` / ``DATASETS.TEST``, registered und
   the JSON's ids and names.
 * ``voc:<folder>[:<split>]``: a Pascal VOC folder (``Annotations/``, ``ImageSets/Main/<split>.txt``,
   ``JPEGImages/``), split "trainval" by default. The classes are the object names of every file in
-  ``Annotations/``, sorted (Pascal VOC's own 20 classes in Detectron2's order, for VOC itself).
+  ``Annotations/``, sorted (Pascal VOC's own 20 classes in Detectron2's order, when all 20 are
+  there).
+
+Paths may contain colons (``coco:C:\\data\\train.json:C:\\data\\images``): a JSON part that is an
+existing file wins, else the JSON part ends at ".json"; a VOC split is the last part only when it
+has no path separator. :func:`canonical_dataset_name` makes the paths absolute, so that
+``coco:a.json`` and ``coco:./a.json`` are one dataset and a saved config works from elsewhere.
 
 :func:`register_path_datasets` registers them (``load_config`` calls it, so every ``train_net``
-worker does); a JSON is checked when it is registered, so a file that is not COCO, or whose
-categories are missing or duplicated, stops with an error naming the file and the entry.
+worker does); a JSON is checked entry by entry when it is registered
+(:mod:`retinanet_fl.data.coco_json`), a VOC folder's XML files when they are read for the classes.
+Both are evaluated with :mod:`retinanet_fl.evaluation`'s COCO evaluator on the ground truth that
+training reads.
 """
 
-import json
+import difflib
 import logging
 import os
+import re
 import xml.etree.ElementTree as ET
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 from detectron2.data.datasets.pascal_voc import load_voc_instances
 
+from .coco_json import read_coco_categories
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["COCO_PREFIX", "VOC_PREFIX", "is_path_dataset", "register_path_datasets"]
+__all__ = [
+    "COCO_PREFIX",
+    "VOC_PREFIX",
+    "canonical_dataset_name",
+    "check_registered",
+    "is_path_dataset",
+    "register_path_datasets",
+]
 
 COCO_PREFIX = "coco:"
 VOC_PREFIX = "voc:"
 DEFAULT_VOC_SPLIT = "trainval"
-# What Detectron2's Pascal VOC evaluator reads of every <object>, besides its name and box.
-VOC_EVALUATOR_FIELDS = ("pose", "truncated", "difficult")
+# Annotation fields load_coco_json drops unless asked: the id names an annotation in the
+# sanitiser's messages, the area is what evaluation scores (COCO's is the mask's, not the box's).
+COCO_EXTRA_ANNOTATION_KEYS = ["id", "area"]
 SPEC_HELP = (
     'Give datasets by path as DATASETS.TRAIN ("coco:path/to/train.json:path/to/images",) or '
     '("voc:path/to/VOC_folder:trainval",).'
 )
-COCO_EXAMPLE = (
-    '{"images": [{"id": 1, "file_name": "a.jpg", "height": 480, "width": 640}], '
-    '"annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [x, y, w, h], '
-    '"iscrowd": 0}], "categories": [{"id": 3, "name": "cat"}]}'
-)
+# Where a JSON part ends when no split of the name names an existing file.
+_JSON_PART = re.compile(r"(.+?\.json)(?::(.*))?$", re.IGNORECASE)
 
 
 def is_path_dataset(name: str) -> bool:
@@ -50,71 +66,107 @@ def is_path_dataset(name: str) -> bool:
     return name.startswith((COCO_PREFIX, VOC_PREFIX))
 
 
-def _split_spec(name: str, prefix: str) -> Tuple[str, str]:
-    """``prefix + path[:second]`` -> (path, second or "")."""
-    parts = name[len(prefix) :].split(":")
-    if len(parts) > 2 or not parts[0]:
-        raise ValueError(
-            f"Dataset {name!r} is not of the form '{prefix}<path>[:<...>]'. {SPEC_HELP}"
-        )
-    return parts[0], parts[1] if len(parts) == 2 else ""
+def _is_drive_colon(text: str, index: int) -> bool:
+    """Whether ``text[index]`` is the colon of a Windows drive (``C:\\`` or ``C:/``) that starts
+    the text or follows a separating colon."""
+    starts_part = index == 1 or (index >= 2 and text[index - 2] == ":")
+    return starts_part and text[index - 1].isalpha() and text[index + 1 : index + 2] in ("\\", "/")
 
 
-def _invalid(json_file: str, problem: str) -> ValueError:
-    return ValueError(
-        f"{json_file} is not a COCO-format detection JSON: {problem}. Expected: {COCO_EXAMPLE}"
-    )
+def _separators(text: str) -> List[int]:
+    """Returns: the indices of the colons of ``text`` that may separate two parts."""
+    return [i for i, char in enumerate(text) if char == ":" and not _is_drive_colon(text, i)]
 
 
-def read_coco_categories(json_file: str) -> List[Dict]:
+def _malformed(name: str, prefix: str) -> ValueError:
+    return ValueError(f"Dataset {name!r} is not of the form '{prefix}<path>[:<...>]'. {SPEC_HELP}")
+
+
+def _split_coco(name: str, rest: str) -> Tuple[str, str]:
+    """``<json>[:<image_root>]`` -> (json, image_root or "")."""
+    colons = [i for i, char in enumerate(rest) if char == ":"]
+    candidates = [(rest, "")] + [(rest[:i], rest[i + 1 :]) for i in reversed(colons)]
+    for json_file, image_root in candidates:
+        if json_file and os.path.isfile(json_file):
+            return json_file, image_root
+    # No such file (registration says which): the JSON part ends at ".json", or at the one colon.
+    match = _JSON_PART.match(rest)
+    if match:
+        return match.group(1), match.group(2) or ""
+    separators = _separators(rest)
+    if len(separators) > 1:
+        raise _malformed(name, COCO_PREFIX)
+    if separators:
+        return rest[: separators[0]], rest[separators[0] + 1 :]
+    return rest, ""
+
+
+def _split_voc(rest: str) -> Tuple[str, str]:
+    """``<folder>[:<split>]`` -> (folder, split or "")."""
+    separators = _separators(rest)
+    if os.path.isdir(rest) or not separators:
+        return rest, ""
+    folder, split = rest[: separators[-1]], rest[separators[-1] + 1 :]
+    if not split or any(separator in split for separator in ("/", "\\")):
+        return rest, ""
+    return folder, split
+
+
+def _split_spec(name: str) -> Tuple[str, str, str]:
+    """``coco:`` / ``voc:`` name -> (prefix, path, image root / split or "")."""
+    prefix = COCO_PREFIX if name.startswith(COCO_PREFIX) else VOC_PREFIX
+    rest = name[len(prefix) :]
+    path, second = _split_coco(name, rest) if prefix == COCO_PREFIX else _split_voc(rest)
+    if not path:
+        raise _malformed(name, prefix)
+    return prefix, path, second
+
+
+def canonical_dataset_name(name: str) -> str:
     """
-    Check that a file is a COCO-format detection JSON and return its categories.
-
     Args:
-        json_file: the JSON's path.
+        name: a dataset name.
 
     Returns:
-        the categories, sorted by id (Detectron2's contiguous order), each with "id" and "name".
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: naming the file and the entry: not JSON, missing "images", "annotations" or
-            "categories", no images, a category without an integer id or a name, an id or name
-            used twice.
+        a ``coco:`` / ``voc:`` name with its paths absolute; any other name unchanged.
     """
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"Annotation file {json_file} does not exist. {SPEC_HELP}")
-    try:
-        with open(json_file) as f:
-            content = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _invalid(json_file, f"it is not valid JSON ({error})") from error
-    if not isinstance(content, dict):
-        raise _invalid(json_file, f"its top level is a {type(content).__name__}, not an object")
-    missing = [key for key in ("images", "annotations", "categories") if key not in content]
-    if missing:
-        raise _invalid(json_file, f"it has no {', '.join(repr(key) for key in missing)}")
-    if not content["images"]:
-        raise ValueError(f"{json_file} lists no images: the split is empty.")
-    if not content["categories"]:
-        raise _invalid(json_file, "'categories' is empty")
-    for index, category in enumerate(content["categories"]):
-        if not isinstance(category.get("id"), int) or not isinstance(category.get("name"), str):
-            raise _invalid(
-                json_file, f"categories[{index}] = {category} needs an integer 'id' and a 'name'"
+    if not is_path_dataset(name):
+        return name
+    prefix, path, second = _split_spec(name)
+    if second and prefix == COCO_PREFIX:
+        second = os.path.abspath(second)
+    return prefix + os.path.abspath(path) + (f":{second}" if second else "")
+
+
+def _suggestion(name: str, registered: Sequence[str]) -> str:
+    """Returns: " (did you mean ...?)" for an unregistered name, or ""."""
+    head, colon, rest = name.partition(":")
+    if colon and f"{head.lower()}:" in (COCO_PREFIX, VOC_PREFIX):
+        guesses = [f"{head.lower()}:{rest}"]
+    elif name.lower().endswith(".json"):
+        guesses = [COCO_PREFIX + name]
+    elif os.path.isdir(os.path.join(name, "Annotations")):
+        guesses = [VOC_PREFIX + name]
+    else:
+        guesses = difflib.get_close_matches(name, registered, n=3)
+    return f" (did you mean {' or '.join(repr(guess) for guess in guesses)}?)" if guesses else ""
+
+
+def check_registered(names: Sequence[str]) -> None:
+    """
+    Raise a ValueError naming the first dataset name that is neither registered nor a ``coco:`` /
+    ``voc:`` path, with what it may have meant.
+
+    Args:
+        names: dataset names, e.g. ``cfg.DATASETS.TRAIN + cfg.DATASETS.TEST``.
+    """
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered and not is_path_dataset(name):
+            raise ValueError(
+                f"Dataset {name!r} is not registered{_suggestion(name, registered)}. {SPEC_HELP} "
+                "Registered names: see detectron2.data.DatasetCatalog.list()."
             )
-    _check_unique(json_file, [category["id"] for category in content["categories"]], "id")
-    _check_unique(json_file, [category["name"] for category in content["categories"]], "name")
-    return sorted(content["categories"], key=lambda category: category["id"])
-
-
-def _check_unique(json_file: str, values: Sequence, field: str) -> None:
-    repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
-    if repeated:
-        raise ValueError(
-            f"{json_file}: category {field}s {repeated} are used by more than one category. "
-            f"Give each category its own {field}, and point the annotations at the right one."
-        )
 
 
 class _DropMessage(logging.Filter):
@@ -128,22 +180,22 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def _load_coco(json_file: str, image_root: str, name: str) -> List[Dict]:
+def _load_coco(json_file: str, image_root: str, name: str) -> List[dict]:
     # Detectron2 warns that it maps ids outside [1, K] to contiguous ones: for a dataset by path
     # that mapping is the documented behaviour, not something to act on.
     coco_logger = logging.getLogger("detectron2.data.datasets.coco")
     quiet = _DropMessage("Category ids in annotations are not in [1, #categories]")
     coco_logger.addFilter(quiet)
     try:
-        return load_coco_json(json_file, image_root, name)
+        return load_coco_json(json_file, image_root, name, COCO_EXTRA_ANNOTATION_KEYS)
     finally:
         coco_logger.removeFilter(quiet)
 
 
 def _register_coco(name: str) -> None:
-    json_file, image_root = _split_spec(name, COCO_PREFIX)
+    _, json_file, image_root = _split_spec(name)
     image_root = image_root or os.path.dirname(json_file)
-    categories = read_coco_categories(json_file)
+    categories = read_coco_categories(json_file, SPEC_HELP)
     DatasetCatalog.register(name, lambda: _load_coco(json_file, image_root, name))
     MetadataCatalog.get(name).set(
         json_file=json_file,
@@ -156,6 +208,31 @@ def _register_coco(name: str) -> None:
     )
 
 
+def _read_voc_object_names(xml_file: str) -> List[str]:
+    """
+    Returns: the object names of a Pascal VOC annotation file, after checking that it has what
+    Detectron2's ``load_voc_instances`` reads: the image's size, each object's name and box.
+    """
+    try:
+        root = ET.parse(xml_file).getroot()
+    except ET.ParseError as error:
+        raise ValueError(f"{xml_file} is not valid XML ({error}): fix or remove it.") from error
+    fix = "Detectron2's Pascal VOC loader reads them; add them."
+    if root.findtext("size/width") is None or root.findtext("size/height") is None:
+        raise ValueError(f"{xml_file} has no <size><width> and <height>. {fix}")
+    names = []
+    for index, obj in enumerate(root.findall("object")):
+        name = obj.findtext("name")
+        coordinates = [obj.findtext(f"bndbox/{key}") for key in ("xmin", "ymin", "xmax", "ymax")]
+        if not name or None in coordinates:
+            raise ValueError(
+                f"{xml_file}: <object> {index} has no <name> or no <bndbox> with <xmin> <ymin> "
+                f"<xmax> <ymax>. {fix}"
+            )
+        names.append(name)
+    return names
+
+
 def voc_class_names(folder: str) -> List[str]:
     """
     Args:
@@ -163,7 +240,7 @@ def voc_class_names(folder: str) -> List[str]:
 
     Returns:
         the object names in its ``Annotations/*.xml``: VOC's 20 classes in Detectron2's order when
-        they are all among them, else sorted.
+        they are exactly those 20, else sorted (a folder of cats and dogs is a 2-class dataset).
     """
     annotations = os.path.join(folder, "Annotations")
     if not os.path.isdir(annotations):
@@ -171,41 +248,52 @@ def voc_class_names(folder: str) -> List[str]:
             f"{folder} is not a Pascal VOC folder: it has no Annotations/ (expected Annotations/, "
             f"ImageSets/Main/<split>.txt and JPEGImages/). {SPEC_HELP}"
         )
-    names, incomplete = set(), []
+    names = set()
     for file_name in sorted(os.listdir(annotations)):
         if file_name.endswith(".xml"):
-            objects = ET.parse(os.path.join(annotations, file_name)).findall("object")
-            names.update(obj.findtext("name") for obj in objects)
-            if any(obj.find(key) is None for obj in objects for key in VOC_EVALUATOR_FIELDS):
-                incomplete.append(file_name)
+            names.update(_read_voc_object_names(os.path.join(annotations, file_name)))
     if not names:
         raise ValueError(f"{annotations} has no <object><name> in any .xml file: no classes.")
-    if incomplete:
-        logger.warning(
-            f"{len(incomplete)} files in {annotations} (e.g. {incomplete[0]}) have objects "
-            f"without {', '.join(f'<{key}>' for key in VOC_EVALUATOR_FIELDS)}: training reads "
-            "them, but Detectron2's Pascal VOC evaluator needs them and will fail on this folder. "
-            "Add <pose>Unspecified</pose> <truncated>0</truncated> <difficult>0</difficult>."
+    return list(VOC_CLASS_NAMES) if names == set(VOC_CLASS_NAMES) else sorted(names)
+
+
+def _check_voc_split(folder: str, split_file: str) -> None:
+    """Raise an error naming the images of a split without an annotation file, or for a split of
+    one image."""
+    with open(split_file) as f:
+        file_ids = f.read().split()
+    missing = [
+        file_id
+        for file_id in file_ids
+        if not os.path.isfile(os.path.join(folder, "Annotations", f"{file_id}.xml"))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{split_file} lists {len(missing)} images without an Annotations/<id>.xml "
+            f"(e.g. {missing[0]!r}): add their annotation files or remove them from the split."
         )
-    return list(VOC_CLASS_NAMES) if names <= set(VOC_CLASS_NAMES) else sorted(names)
+    if len(file_ids) == 1:
+        # load_voc_instances reads the split with np.loadtxt, which makes one line a 0-d array.
+        raise ValueError(
+            f"{split_file} lists one image: Detectron2's Pascal VOC loader cannot read a split of "
+            "one image. List at least two."
+        )
 
 
 def _register_voc(name: str) -> None:
-    folder, split = _split_spec(name, VOC_PREFIX)
+    _, folder, split = _split_spec(name)
     split = split or DEFAULT_VOC_SPLIT
     split_file = os.path.join(folder, "ImageSets", "Main", f"{split}.txt")
     class_names = voc_class_names(folder)
     if not os.path.isfile(split_file):
         raise FileNotFoundError(f"Pascal VOC split file {split_file} does not exist. {SPEC_HELP}")
+    _check_voc_split(folder, split_file)
     DatasetCatalog.register(name, lambda: load_voc_instances(folder, split, class_names))
-    # PascalVOCDetectionEvaluator reads dirname, split and year (2007: the 11-point AP).
-    year = 2007 if "2007" in os.path.basename(os.path.normpath(folder)) else 2012
+    # Evaluated like a COCO JSON, on the same ground truth as training (COCO's AP and AP50), not
+    # with Detectron2's Pascal VOC evaluator: that one re-reads the XML files, needs <difficult>
+    # and guesses the AP's variant from the year.
     MetadataCatalog.get(name).set(
-        thing_classes=class_names,
-        dirname=folder,
-        split=split,
-        year=year,
-        evaluator_type="pascal_voc",
+        thing_classes=class_names, dirname=folder, split=split, evaluator_type="coco"
     )
 
 

@@ -17,7 +17,11 @@ What happens to each kind of bad input:
 * images without annotations (or left without any by the drops): kept as negatives, or removed
   when ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is True (Detectron2's default, and what Detectron,
   the paper's code base, does);
-* image files that do not exist: a ``FileNotFoundError`` naming them, before training starts.
+* image files that do not exist: a ``FileNotFoundError`` naming them, before training starts;
+* a training set without any box left: a ``ValueError`` naming its datasets.
+
+Clipping a box removes its "area" (the object's area in the JSON), so that evaluation scores the
+clipped box's (:mod:`retinanet_fl.evaluation`).
 """
 
 import collections
@@ -25,6 +29,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +43,13 @@ from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .by_path import SPEC_HELP, register_path_datasets
+from .by_path import (
+    COCO_EXTRA_ANNOTATION_KEYS,
+    COCO_PREFIX,
+    VOC_PREFIX,
+    check_registered,
+    register_path_datasets,
+)
 
 __all__ = [
     "DatasetReport",
@@ -163,7 +174,9 @@ def _load_coco_json_without_unknown_categories(
     if id_map is None or not {"json_file", "image_root"} <= set(metadata.as_dict()):
         raise error
     # Without dataset_name, load_coco_json keeps the json's category ids and maps nothing.
-    dataset_dicts = load_coco_json(metadata.json_file, metadata.image_root)
+    dataset_dicts = load_coco_json(
+        metadata.json_file, metadata.image_root, extra_annotation_keys=COCO_EXTRA_ANNOTATION_KEYS
+    )
     for record in dataset_dicts:
         kept = []
         for annotation in record["annotations"]:
@@ -189,13 +202,8 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
         the dataset dicts, and the report that counts the dropped annotations.
     """
     report = DatasetReport(dataset_name)
+    check_registered([dataset_name])
     register_path_datasets([dataset_name])
-    if dataset_name not in DatasetCatalog.list():
-        raise ValueError(
-            f"Dataset '{dataset_name}' is not registered"
-            + (f" (did you mean 'coco:{dataset_name}'?)" if dataset_name.endswith(".json") else "")
-            + f". {SPEC_HELP} Registered names: see detectron2.data.DatasetCatalog.list()."
-        )
     try:
         dataset_dicts = DatasetCatalog.get(dataset_name)
     except KeyError as error:
@@ -216,6 +224,28 @@ def load_dataset_dicts(dataset_name: str) -> Tuple[List[Dict], DatasetReport]:
     return dataset_dicts, report
 
 
+def _image_root_hint(dataset_name: str) -> str:
+    """Returns: where a dataset's images are looked for, and how to change it."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if dataset_name.startswith(COCO_PREFIX):
+        return (
+            f"The file_name of each image in {metadata.json_file} is read relative to the image "
+            f"root '{metadata.image_root}' (the JSON's folder unless the dataset's name gives "
+            f"one): if the images are elsewhere, name their folder last, "
+            f"'{COCO_PREFIX}{metadata.json_file}:<image_root>'."
+        )
+    if dataset_name.startswith(VOC_PREFIX):
+        return (
+            f"Pascal VOC images are read from {os.path.join(metadata.dirname, 'JPEGImages')}, "
+            "as <id>.jpg for each <id> of the split: put them there."
+        )
+    image_root = metadata.get("image_root", "unknown")
+    return (
+        f"The dataset's image_root is '{image_root}': check the image_root it was registered with "
+        "(e.g. register_coco_instances) and the images' file_name in its json."
+    )
+
+
 def check_image_files(dataset_dicts: Sequence[Dict], dataset_name: str) -> None:
     """
     Raise a FileNotFoundError naming the image files of a dataset that do not exist.
@@ -231,14 +261,11 @@ def check_image_files(dataset_dicts: Sequence[Dict], dataset_name: str) -> None:
     ]
     if not missing:
         return
-    image_root = MetadataCatalog.get(dataset_name).get("image_root", "unknown")
     listed = ", ".join(repr(file_name) for file_name in missing[:MAX_FILES_LISTED])
     more = f" and {len(missing) - MAX_FILES_LISTED} more" if len(missing) > MAX_FILES_LISTED else ""
     raise FileNotFoundError(
         f"Dataset '{dataset_name}': {len(missing)} of {len(dataset_dicts)} image files do not "
-        f"exist: {listed}{more}. The dataset's image_root is '{image_root}': check the image_root "
-        "it was registered with (e.g. register_coco_instances) and the images' file_name in its "
-        "json."
+        f"exist: {listed}{more}. {_image_root_hint(dataset_name)}"
     )
 
 
@@ -250,7 +277,7 @@ def _describe(annotation: Dict, record: Dict) -> str:
     )
 
 
-def _boxes_to_xyxy(boxes: np.ndarray, modes: Sequence[BoxMode]) -> np.ndarray:
+def boxes_to_xyxy(boxes: np.ndarray, modes: Sequence[BoxMode]) -> np.ndarray:
     """
     Args:
         boxes: (N, 4) boxes, each in its own mode.
@@ -327,7 +354,7 @@ def sanitize_dataset_dicts(
         entries_per_record.append(entries)
 
     # Pass 2, all boxes at once: finiteness, size, clipping to the image.
-    xyxy = _boxes_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), modes)
+    xyxy = boxes_to_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), modes)
     limits = np.tile(np.asarray(image_sizes, dtype=np.float64).reshape(-1, 2), 2)
     clipped = np.minimum(np.maximum(xyxy, 0.0), limits)
     finite = np.isfinite(xyxy).all(axis=1)
@@ -357,9 +384,9 @@ def sanitize_dataset_dicts(
                 annotations.append(entry)
             elif was_clipped[entry]:
                 clipped_box = clipped[entry].tolist()
-                annotations.append(
-                    dict(candidates[entry], bbox=clipped_box, bbox_mode=BoxMode.XYXY_ABS)
-                )
+                annotation = dict(candidates[entry], bbox=clipped_box, bbox_mode=BoxMode.XYXY_ABS)
+                annotation.pop("area", None)  # the JSON's area was the unclipped object's
+                annotations.append(annotation)
             elif keep[entry]:
                 annotations.append(candidates[entry])
         if not any(not annotation.get("iscrowd", 0) for annotation in annotations):
@@ -373,8 +400,34 @@ def sanitize_dataset_dicts(
     return sanitized
 
 
+def _describe_boxes(report: DatasetReport) -> str:
+    """Returns: a dataset's numbers of images and boxes, for the error of no boxes."""
+    described = (
+        f"'{report.dataset_name}' has {report.num_images} images and {report.num_boxes} boxes"
+    )
+    if report.num_boxes:
+        described += f", all {report.num_dropped} dropped (see the warning above)"
+    return described
+
+
+def _check_has_boxes(sanitized: Sequence[List[Dict]], reports: Sequence[DatasetReport]) -> None:
+    """Raise a ValueError when sanitised datasets have no box left to train on, naming each."""
+    records = itertools.chain.from_iterable(sanitized)
+    if any(not a.get("iscrowd", 0) for record in records for a in record["annotations"]):
+        return
+    described = "; ".join(_describe_boxes(report) for report in reports)
+    raise ValueError(
+        f"No boxes to train on: {described}. Give DATASETS.TRAIN annotated objects: in a COCO "
+        "JSON, 'annotations' whose image_id is an image's id; in a Pascal VOC folder, <object>s "
+        "in the split's Annotations/*.xml. A split without annotations can only be a test set."
+    )
+
+
 def prepare_dataset_dicts(
-    loaded: Sequence[Tuple[List[Dict], DatasetReport]], *, filter_empty: bool
+    loaded: Sequence[Tuple[List[Dict], DatasetReport]],
+    *,
+    filter_empty: bool,
+    is_train: bool = False,
 ) -> List[Dict]:
     """
     Check the image files of datasets loaded by :func:`load_dataset_dicts`, sanitize their
@@ -385,6 +438,8 @@ def prepare_dataset_dicts(
         loaded: (dataset dicts, report) per dataset.
         filter_empty: remove the images without non-crowd annotations
             (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; always False for test sets).
+        is_train: the datasets are a training set (implied by ``filter_empty``): stop when they
+            have no box to train on.
 
     Returns:
         the datasets' dicts, concatenated, ready for ``build_detection_{train,test}_loader``.
@@ -403,12 +458,9 @@ def prepare_dataset_dicts(
         changed = report.num_dropped or report.num_clipped or report.num_images_removed
         logger.log(logging.WARNING if changed else logging.INFO, report.summary())
         prepared.append(dataset_dicts)
+    if is_train or filter_empty:
+        _check_has_boxes(prepared, [report for _, report in loaded])
     dataset_dicts = list(itertools.chain.from_iterable(prepared))
-    if not dataset_dicts:
-        raise ValueError(
-            f"No images left in {', '.join(names)}: every image lacks annotations. Set "
-            "DATALOADER.FILTER_EMPTY_ANNOTATIONS False to train on images without objects."
-        )
     if MetadataCatalog.get(names[0]).get("thing_classes") is not None:
         check_metadata_consistency("thing_classes", names)
         print_instances_class_histogram(dataset_dicts, MetadataCatalog.get(names[0]).thing_classes)

@@ -17,7 +17,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -28,6 +28,7 @@ from ..data.classes import (
     check_model_classes,
     dataset_class_metadata,
 )
+from ..evaluation import build_coco_evaluator
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
@@ -95,7 +96,8 @@ class Trainer(DefaultTrainer):
     """
     Detectron2's DefaultTrainer with:
 
-    * COCOEvaluator for COCO-format datasets, Pascal VOC's evaluator for VOC datasets;
+    * COCO box AP on the ground truth that training reads (Pascal VOC's evaluator for
+      Detectron2's registered VOC datasets);
     * DistributedDataParallel that also works for a model on the CPU (gloo workers);
     * ``SOLVER.OPTIMIZER``: Detectron2's SGD or AdamW;
     * checkpoints written atomically, so a killed run always leaves a loadable latest checkpoint;
@@ -168,7 +170,9 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
-        return prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        return prepare_dataset_dicts(
+            loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, is_train=True
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode, dataset: Optional[List[Dict]] = None):
@@ -198,7 +202,9 @@ class Trainer(DefaultTrainer):
     ) -> DatasetEvaluator:
         """
         Returns:
-            COCOEvaluator (box AP) for COCO-format datasets, PascalVOCDetectionEvaluator for VOC.
+            COCO box AP for COCO-format datasets and datasets by path (``coco:``, ``voc:``), on
+            the ground truth that training reads (see :func:`build_coco_evaluator`); Detectron2's
+            PascalVOCDetectionEvaluator for its registered Pascal VOC datasets.
         """
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type == "pascal_voc":
@@ -210,7 +216,8 @@ class Trainer(DefaultTrainer):
                 "datasets."
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        with explain_missing_dataset([dataset_name]):
+            return build_coco_evaluator(dataset_name, output_folder)
 
 
 def _step_trainer_class(cfg: CfgNode) -> type:

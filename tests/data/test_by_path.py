@@ -5,6 +5,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from retinanet_fl.config import load_config
 from retinanet_fl.data import load_dataset_dicts, prepare_dataset_dicts
+from retinanet_fl.data.by_path import (
+    canonical_dataset_name,
+    check_registered,
+    register_path_datasets,
+)
 from retinanet_fl.data.classes import ClassMetadataState, metadata_for_inference
 from retinanet_fl.data.synthetic import SYNTHETIC_CLASSES
 from retinanet_fl.model_zoo import get_config_file
@@ -123,6 +129,26 @@ def test_images_listed_but_missing_stop_naming_them(own_coco, tmp_path):
         prepare_dataset_dicts([load_dataset_dicts(name)], filter_empty=False)
 
 
+def test_missing_images_of_a_dataset_by_path_say_how_to_give_the_image_root(own_coco, tmp_path):
+    def move_images(content):
+        for image in content["images"]:
+            image["file_name"] = "elsewhere/" + image["file_name"]
+        return content
+
+    json_file = tmp_path / "train_edited.json"
+    name = write_variant(own_coco, tmp_path, move_images)
+    load_with_train(name)
+    with pytest.raises(FileNotFoundError) as error:
+        prepare_dataset_dicts([load_dataset_dicts(name)], filter_empty=False)
+    _, image_root = split_of(name)
+    assert (
+        f"The file_name of each image in {json_file} is read relative to the image root "
+        f"'{image_root}' (the JSON's folder unless the dataset's name gives one): if the images "
+        f"are elsewhere, name their folder last, 'coco:{json_file}:<image_root>'."
+    ) in str(error.value)
+    assert "register_coco_instances" not in str(error.value)
+
+
 def test_bad_boxes_are_dropped_or_clipped_with_a_warning_naming_the_file(
     own_coco, tmp_path, caplog
 ):
@@ -140,8 +166,11 @@ def test_bad_boxes_are_dropped_or_clipped_with_a_warning_naming_the_file(
     assert "1 boxes with zero or negative width or height" in summary
     assert "1 boxes entirely outside the image" in summary
     assert "clipped 1 boxes to the image" in summary
-    # The entries, as the user finds them in the JSON, and what to do.
-    assert "with zero or negative width or height: annotation" in summary
+    # The entries, as the user finds them in the JSON (their ids), and what to do.
+    with open(split_of(name)[0]) as f:
+        first_id = json.load(f)["annotations"][0]["id"]
+    assert f"with zero or negative width or height: annotation {first_id} bbox" in summary
+    assert "(no id)" not in summary
     assert "bbox [10.0, 10.0, 0.0, 5.0] of " in summary and "fix them in the annotations" in summary
     num_boxes = sum(len(record["annotations"]) for record in dataset_dicts)
     original = sum(len(record["annotations"]) for record in load_dataset_dicts(name)[0])
@@ -219,3 +248,84 @@ def test_resuming_with_other_classes_is_an_error():
     with pytest.raises(ValueError, match=r"trained on classes \['a', 'c'\]"):
         state.load_state_dict({"thing_classes": ["a", "c"]})
     assert os.path.basename(CONFIG) == "retinanet_R18_FPN_synthetic.yaml"
+
+
+def test_paths_with_colons_are_read_as_paths(own_coco, tmp_path):
+    json_file, image_root = split_of(own_coco["val"])
+    folder = tmp_path / "a:b"
+    folder.mkdir()
+    shutil.copy(json_file, folder / "val.json")
+    os.symlink(image_root, tmp_path / "im:ages")
+    with_root = f"coco:{folder}/val.json:{tmp_path}/im:ages"
+    load_with_train(with_root)
+    dataset_dicts, _ = load_dataset_dicts(with_root)
+    assert MetadataCatalog.get(with_root).json_file == str(folder / "val.json")
+    assert dataset_dicts[0]["file_name"].startswith(f"{tmp_path}/im:ages/")
+    # Without an image root: the JSON's folder, colon and all.
+    load_with_train(f"coco:{folder}/val.json")
+    assert MetadataCatalog.get(f"coco:{folder}/val.json").image_root == str(folder)
+
+
+@pytest.mark.parametrize(
+    "name, missing",
+    [
+        ("coco:C:\\data\\train.json:C:\\data\\images", "Annotation file C:\\data\\train.json "),
+        ("coco:C:/data/train.json", "Annotation file C:/data/train.json "),
+        ("coco:D:\\data\\annotations", "Annotation file D:\\data\\annotations "),
+        ("voc:C:\\data\\VOC2007", "C:\\data\\VOC2007 is not a Pascal VOC folder"),
+    ],
+)
+def test_a_windows_drive_letter_is_part_of_the_path(name, missing):
+    with pytest.raises(FileNotFoundError) as error:
+        register_path_datasets([name])
+    assert str(error.value).startswith(missing)
+
+
+def test_canonical_names_have_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "voc:2007").mkdir()
+    assert canonical_dataset_name("coco:a.json") == f"coco:{tmp_path}/a.json"
+    assert canonical_dataset_name("coco:./a.json") == f"coco:{tmp_path}/a.json"
+    assert (
+        canonical_dataset_name("coco:sub/../a.json:img") == f"coco:{tmp_path}/a.json:{tmp_path}/img"
+    )
+    assert canonical_dataset_name("voc:VOC:test") == f"voc:{tmp_path}/VOC:test"
+    assert canonical_dataset_name("voc:voc:2007") == f"voc:{tmp_path}/voc:2007"  # a folder
+    assert canonical_dataset_name("voc:x:a/b") == f"voc:{tmp_path}/x:a/b"  # not a split
+    for name in ("synthetic_train", "coco_2017_val", "COCO:a.json"):
+        assert canonical_dataset_name(name) == name
+
+
+def test_a_canonical_name_works_from_another_directory(own_coco, tmp_path, monkeypatch):
+    json_file, image_root = split_of(own_coco["val"])
+    monkeypatch.chdir(os.path.dirname(json_file))
+    name = canonical_dataset_name(
+        f"coco:./{os.path.basename(json_file)}:{os.path.relpath(image_root)}"
+    )
+    monkeypatch.chdir(tmp_path)
+    load_with_train(name)
+    assert len(load_dataset_dicts(name)[0]) == 4
+
+
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("data/train.json", "'coco:data/train.json'"),
+        ("COCO:data/train.json", "'coco:data/train.json'"),
+        ("Voc:data/VOC2007:test", "'voc:data/VOC2007:test'"),
+        ("synthetic_trian", "'synthetic_train'"),
+    ],
+)
+def test_an_unregistered_name_is_named_with_a_suggestion(name, suggestion):
+    with pytest.raises(ValueError) as error:
+        check_registered(["synthetic_val", name, "also_unknown"])
+    message = str(error.value)
+    assert message.startswith(f"Dataset {name!r} is not registered (did you mean {suggestion}")
+    assert "?). Give datasets by path as DATASETS.TRAIN" in message
+
+
+def test_a_voc_folder_without_prefix_suggests_voc(tmp_path):
+    (tmp_path / "VOC2007" / "Annotations").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"did you mean 'voc:{tmp_path}/VOC2007'"):
+        load_dataset_dicts(str(tmp_path / "VOC2007"))
+    check_registered(["synthetic_train", "coco:anything.json", "voc:any_folder"])  # no error

@@ -34,7 +34,7 @@ def _register_coco(tmp_path, images, annotations, categories=((1, "a"), (2, "b")
         annotations: (image id, category id, [x, y, w, h]) or dicts of extra fields.
     """
     image_root = tmp_path / "images"
-    image_root.mkdir(exist_ok=True)
+    image_root.mkdir(parents=True, exist_ok=True)
     coco_images = []
     for image_id, (file_name, image, width, height) in enumerate(images, start=1):
         if image is not None:
@@ -212,10 +212,21 @@ def test_images_without_annotations_are_counted_and_kept_as_negatives_unless_fil
     assert instances == [1, 0, 0]
 
 
-def test_all_images_filtered_out_is_a_clear_error(tmp_path):
-    name = _register_coco(tmp_path, [("a.png", _rgb(20, 20), 20, 20)], [])
-    with pytest.raises(ValueError, match="FILTER_EMPTY_ANNOTATIONS False"):
-        prepare_dataset_dicts([load_dataset_dicts(name)], filter_empty=True)
+@pytest.mark.parametrize("filter_empty", [False, True])
+def test_a_training_set_without_boxes_is_an_error_naming_its_datasets(tmp_path, filter_empty):
+    images = [(f"{i}.png", _rgb(20, 20), 20, 20) for i in range(6)]
+    empty = _register_coco(tmp_path / "empty", images, [])
+    emptied = _register_coco(tmp_path / "emptied", images[:1], [(1, 1, [1, 1, 0, 5])])
+    loaded = [load_dataset_dicts(empty), load_dataset_dicts(emptied)]
+    with pytest.raises(ValueError, match="^No boxes to train on: ") as error:
+        prepare_dataset_dicts(loaded, filter_empty=filter_empty, is_train=True)
+    assert f"'{empty}' has 6 images and 0 boxes; '{emptied}' has 1 images and 1 boxes, all 1 " in (
+        str(error.value)
+    )
+    assert "A split without annotations can only be a test set." in str(error.value)
+    # A test set may have none.
+    test_dicts = prepare_dataset_dicts([load_dataset_dicts(empty)], filter_empty=False)
+    assert len(test_dicts) == 6
 
 
 def test_missing_image_file_is_a_clear_error(tmp_path):
