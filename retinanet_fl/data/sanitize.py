@@ -39,6 +39,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
 from .by_path import SPEC_HELP, register_path_datasets
+from .image_check import check_dataset_images
 
 __all__ = [
     "DatasetReport",
@@ -374,7 +375,10 @@ def sanitize_dataset_dicts(
 
 
 def prepare_dataset_dicts(
-    loaded: Sequence[Tuple[List[Dict], DatasetReport]], *, filter_empty: bool
+    loaded: Sequence[Tuple[List[Dict], DatasetReport]],
+    *,
+    filter_empty: bool,
+    max_unreadable_fraction: Optional[float] = None,
 ) -> List[Dict]:
     """
     Check the image files of datasets loaded by :func:`load_dataset_dicts`, sanitize their
@@ -385,6 +389,9 @@ def prepare_dataset_dicts(
         loaded: (dataset dicts, report) per dataset.
         filter_empty: remove the images without non-crowd annotations
             (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; always False for test sets).
+        max_unreadable_fraction: the share of a dataset's images that may be unreadable and are
+            then removed (training's ``DATALOADER.MAX_UNREADABLE_FRACTION``); None (test sets):
+            an unreadable image is an error. See :func:`check_dataset_images`.
 
     Returns:
         the datasets' dicts, concatenated, ready for ``build_detection_{train,test}_loader``.
@@ -393,6 +400,9 @@ def prepare_dataset_dicts(
     prepared = []
     for dataset_dicts, report in loaded:
         check_image_files(dataset_dicts, report.dataset_name)
+        dataset_dicts = check_dataset_images(
+            dataset_dicts, report.dataset_name, max_unreadable_fraction
+        )
         thing_classes = MetadataCatalog.get(report.dataset_name).get("thing_classes")
         num_classes = len(thing_classes) if thing_classes is not None else None
         dataset_dicts = sanitize_dataset_dicts(dataset_dicts, report, num_classes)

@@ -23,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
 from ..data.classes import CHECKPOINT_KEY, ClassMetadataState, dataset_class_metadata
+from ..data.image_check import unreadable_training_fraction
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
 from .checks import (
@@ -158,7 +159,11 @@ class Trainer(DefaultTrainer):
         check_num_classes(cfg, cfg.DATASETS.TRAIN)
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
-        return prepare_dataset_dicts(loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        return prepare_dataset_dicts(
+            loaded,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            max_unreadable_fraction=unreadable_training_fraction(cfg),
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode, dataset: Optional[List[Dict]] = None):
