@@ -1,11 +1,14 @@
 r"""
-Check that the anchors and the input size suit a dataset's objects, before training on it.
+Check a training set's images, and that the anchors and the input size suit its objects, before
+training on it.
 
     python -m retinanet_fl.check_data \
         --config-file configs/synthetic/retinanet_R18_FPN_synthetic.yaml \
         DATASETS.TRAIN '("coco:data/train.json:data/images",)'
 
-resizes every box of ``DATASETS.TRAIN`` (a sample of ``--max-images``) as the test-time resize
+first reads the header of every training image and prints what training would say about them
+(files missing or unreadable, sizes other than the annotations give), then resizes every box of
+the usable images of ``DATASETS.TRAIN`` (a sample of ``--max-images``) as the test-time resize
 would (``INPUT.MIN_SIZE_TEST``, ``MAX_SIZE_TEST``), prints its size and aspect histograms beside
 the anchors' sizes and ratios, and the share of boxes that reach IoU >= 0.5 (a foreground anchor)
 and >= 0.4 with some anchor of the configured generator. When fewer than :data:`GOOD_SHARE` reach
@@ -15,7 +18,7 @@ and >= 0.4 with some anchor of the configured generator. When fewer than :data:`
 import argparse
 import math
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +30,8 @@ from detectron2.utils.logger import setup_logger
 
 from retinanet_fl.config import load_config
 from retinanet_fl.data import load_dataset_dicts, prepare_dataset_dicts
+from retinanet_fl.data.image_check import read_image_headers, unreadable_training_fraction
+from retinanet_fl.data.sanitize import DatasetReport, check_image_files
 
 # Below this share of boxes with a foreground anchor (IoU >= 0.5), other settings are suggested.
 GOOD_SHARE = 0.9
@@ -142,7 +147,6 @@ class AnchorFit:
             float(torch.sqrt(c[0, 2:].sub(c[0, :2]).prod())) for c in generator.cell_anchors
         ]
         ratios = list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)
-        ratios = list(cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS)
         lines = [
             f"{len(boxes)} boxes in {len(images)} images, resized to a shortest edge of "
             f"{cfg.INPUT.MIN_SIZE_TEST} px (at most {cfg.INPUT.MAX_SIZE_TEST}).",
@@ -181,6 +185,42 @@ class AnchorFit:
         return lines
 
 
+def check_images(
+    loaded: Sequence[Tuple[List[Dict], DatasetReport]], max_unreadable_fraction: Optional[float]
+) -> Tuple[List[Tuple[List[Dict], DatasetReport]], bool]:
+    """
+    Print what training would say about each dataset's image files, instead of stopping at the
+    first problem as training does.
+
+    Args:
+        loaded: (dataset dicts, report) per dataset, from ``load_dataset_dicts``.
+        max_unreadable_fraction: training's, from ``unreadable_training_fraction``.
+
+    Returns:
+        per dataset, its records whose image exists, is readable and of the annotated size (with
+        its report); and whether any problem was found.
+    """
+    usable, found = [], False
+    for dataset_dicts, report in loaded:
+        messages = []
+        try:
+            check_image_files(dataset_dicts, report.dataset_name)
+        except FileNotFoundError as error:
+            messages.append(f"Error (training would stop): {error}")
+        check = read_image_headers(dataset_dicts, report.dataset_name)
+        errors, warning = check.problems(dataset_dicts, max_unreadable_fraction)
+        messages += [f"Error (training would stop): {error}" for error in errors]
+        messages += [f"Warning: {warning}"] if warning else []
+        found = found or bool(messages)
+        print(
+            "\n".join(messages)
+            or f"Images of '{report.dataset_name}': all {len(dataset_dicts)} read, of the "
+            "annotated size."
+        )
+        usable.append((check.usable(dataset_dicts), report))
+    return usable, found
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,12 +239,16 @@ def main(argv=None) -> int:
     setup_logger(name="retinanet_fl")
     cfg = load_config(args.config_file, args.opts)
     loaded = [load_dataset_dicts(name) for name in cfg.DATASETS.TRAIN]
+    loaded, found_problems = check_images(loaded, unreadable_training_fraction(cfg))
+    if not all(dataset_dicts for dataset_dicts, _ in loaded):
+        print("No usable images left to measure the anchors on.")
+        return 1
     dataset_dicts = prepare_dataset_dicts(loaded, filter_empty=False)
     if len(dataset_dicts) > args.max_images:
         sample = np.random.default_rng(0).choice(len(dataset_dicts), args.max_images, replace=False)
         dataset_dicts = [dataset_dicts[i] for i in sorted(sample)]
     print("\n".join(AnchorFit(cfg, dataset_dicts).report()))
-    return 0
+    return 1 if found_problems else 0
 
 
 if __name__ == "__main__":

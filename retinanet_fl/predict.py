@@ -7,16 +7,20 @@ pictures of its detections and a JSON of its boxes.
         --input img1.jpg img2.jpg (or a folder) --output out/ \
         MODEL.WEIGHTS output/synthetic/model_final.pth
     python -m retinanet_fl.predict --exported exported/model.onnx --input ... --output out/
+
+Config overrides (KEY VALUE, e.g. MODEL.WEIGHTS model.pth) may go anywhere on the command line. A
+folder stands for the files directly inside it whose extension is a format Pillow reads.
 """
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import sys
 import time
-from typing import Dict, List, Sequence, Union
+from typing import Dict, FrozenSet, List, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -28,44 +32,81 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
+from PIL import Image
 
 import retinanet_fl  # noqa: F401  registers our model and datasets
-from retinanet_fl.config import load_config
+from retinanet_fl.config import get_cfg, load_config
 from retinanet_fl.data.classes import metadata_for_inference
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.export.runtime import ExportedDetector
+from retinanet_fl.label_fonts import draw_detections, find_label_fonts
 from retinanet_fl.modeling.tta import DenseDetectorWithTTA
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# How many files a message names.
+MAX_FILES_LISTED = 5
+# Pictures of images in other formats (GIF, PSD, ...) are saved as <name>.png.
+PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 logger = logging.getLogger(__name__)
+
+
+def image_extensions() -> FrozenSet[str]:
+    """Returns: the file extensions (lower case, with the dot) of the formats Pillow reads."""
+    registered = Image.registered_extensions()  # loads every plugin, filling Image.OPEN
+    # Pillow also registers the extensions of formats it only writes (PDF, Palm); MPO photos are
+    # read by its JPEG reader.
+    readable = set(Image.OPEN) | {"MPO"}
+    return frozenset(
+        extension for extension, image_format in registered.items() if image_format in readable
+    )
+
+
+def _folder_images(folder: str, extensions: FrozenSet[str]) -> List[str]:
+    """The images directly inside a folder, sorted; one warning names the files left out."""
+    taken, left_out = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue  # sub-folders are not searched
+        if os.path.splitext(name)[1].lower() in extensions:
+            taken.append(path)
+        else:
+            left_out.append(name)
+    if left_out:
+        more = len(left_out) - MAX_FILES_LISTED
+        logger.warning(
+            f"{folder}: {len(left_out)} files not taken, their extension is not a format Pillow "
+            f"reads: {', '.join(left_out[:MAX_FILES_LISTED])}"
+            + (f" and {more} more" if more > 0 else "")
+            + "."
+        )
+    return taken
 
 
 def list_images(inputs: Sequence[str]) -> List[str]:
     """
     Args:
-        inputs: image files and folders (a folder stands for the images directly inside it).
+        inputs: image files and folders (a folder stands for the files directly inside it whose
+            extension is a format Pillow reads; a warning names the others).
 
     Returns:
         image paths, folders expanded in sorted order.
     """
+    extensions = image_extensions()
     paths = []
     for path in inputs:
         if os.path.isdir(path):
-            paths += sorted(
-                os.path.join(path, name)
-                for name in os.listdir(path)
-                if name.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            paths += _folder_images(path, extensions)
         elif os.path.isfile(path):
             paths.append(path)
         else:
             raise FileNotFoundError(f"Input '{path}' is neither an image file nor a folder.")
     if not paths:
         raise FileNotFoundError(
-            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(inputs)}."
+            f"No images found in {list(inputs)}: a folder's files are taken when their extension "
+            "is a format Pillow reads (.jpg, .png, .tif, .webp, ...: "
+            "PIL.Image.registered_extensions())."
         )
     return paths
 
@@ -189,6 +230,17 @@ def _detections(instances: Instances, metadata: Metadata) -> List[Dict]:
     return detections
 
 
+def _save_picture(picture_rgb: np.ndarray, output_dir: str, image_path: str) -> None:
+    """Save the picture of an image under its name in ``output_dir`` (``.png`` added to a name
+    of a format OpenCV does not write)."""
+    name = os.path.basename(image_path)
+    if not name.lower().endswith(PICTURE_EXTENSIONS):
+        name += ".png"
+    picture_path = os.path.join(output_dir, name)
+    if not cv2.imwrite(picture_path, picture_rgb[:, :, ::-1]):
+        raise OSError(f"Could not write the picture '{picture_path}'.")
+
+
 def _finished_images(lines_path: str) -> List[Dict]:
     """The records of an earlier run's ``predictions.jsonl``; a line cut by a kill is dropped."""
     records = []
@@ -211,10 +263,11 @@ def predict_images(
     scale: float = 1.0,
 ) -> PredictionSummary:
     """
-    Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn, one line
-    per image in ``<output_dir>/predictions.jsonl`` as soon as it is done, and at the end
-    ``<output_dir>/predictions.json`` with every image's detections (XYXY boxes in input pixels).
-    An image that cannot be read is skipped with a warning naming it.
+    Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn (class
+    names no installed font writes labelled by class id; ``<name>.png`` for formats other than
+    :data:`PICTURE_EXTENSIONS`), one line per image in ``<output_dir>/predictions.jsonl`` as soon
+    as it is done, and at the end ``<output_dir>/predictions.json`` with every image's detections
+    (XYXY boxes in input pixels). An image that cannot be read is skipped with a warning naming it.
 
     Args:
         model: the model's config, with MODEL.WEIGHTS, or the path of a file exported by
@@ -233,6 +286,7 @@ def predict_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
     metadata = runner.metadata
+    label_fonts = find_label_fonts(metadata.get("thing_classes", None) or [])
     os.makedirs(output_dir, exist_ok=True)
     lines_path = os.path.join(output_dir, "predictions.jsonl")
     records = _finished_images(lines_path) if resume and os.path.exists(lines_path) else []
@@ -252,13 +306,9 @@ def predict_images(
             outputs = runner(list(images.values()))
             for (path, image_bgr), instances in zip(images.items(), outputs):
                 instances = instances[instances.scores >= confidence_threshold]
-                drawn = Visualizer(
-                    image_bgr[:, :, ::-1], metadata, scale
-                ).draw_instance_predictions(instances)
-                cv2.imwrite(
-                    os.path.join(output_dir, os.path.basename(path)),
-                    drawn.get_image()[:, :, ::-1],
-                )
+                image_rgb = image_bgr[:, :, ::-1]
+                drawn = draw_detections(image_rgb, instances, metadata, label_fonts, scale)
+                _save_picture(drawn, output_dir, path)
                 record = {"file_name": path, "detections": _detections(instances, metadata)}
                 lines.write(json.dumps(record) + "\n")
                 lines.flush()
@@ -288,7 +338,32 @@ class _Progress:
         logger.info(f"{self.done}/{self.total} images, {rate:.1f} images/s, {eta:.0f} s left")
 
 
+def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """
+    Take the config overrides out of a command line, wherever they are: each ``KEY VALUE`` pair
+    whose KEY's first dotted part is a top-level key of the config (``MODEL.WEIGHTS``, ``SEED``)
+    and that is not an existing file or folder (``IMG_0001.JPG`` stays an input).
+
+    Args:
+        argv: the command line's arguments.
+
+    Returns:
+        the other arguments, in order, and the overrides as a flat list.
+    """
+    top_level_keys = set(get_cfg().keys())
+    others, overrides = [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token.split(".")[0] in top_level_keys and not os.path.exists(token):
+            overrides += [token, *itertools.islice(tokens, 1)]  # a KEY without VALUE: yacs says so
+        else:
+            others.append(token)
+    return others, overrides
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    """Returns: the arguments; ``opts``: the config overrides, taken from anywhere."""
+    others, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -312,10 +387,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="skip the images an interrupted run already wrote to predictions.jsonl",
     )
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth"
-    )
-    return parser.parse_args(argv)
+    args = parser.parse_args(others)
+    args.opts = overrides
+    return args
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,10 @@
-"""The anchor-fit check: boxes against the configured anchors, and its suggestions."""
+"""The data check: image files, then boxes against the configured anchors, and suggestions."""
+
+import json
 
 import pytest
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from retinanet_fl.check_data import AnchorFit, main
 from retinanet_fl.config import load_config
@@ -47,3 +50,32 @@ def test_report_suggests_settings_when_anchors_are_too_large(own_coco, capsys):
     # The suggestion is a valid override (a float) and fits better.
     assert "ANCHOR_SCALE 8.0" not in first_suggestion
     assert "100.0 % reach IoU >= 0.5" in first_suggestion
+
+
+def test_image_problems_are_reported_then_the_anchor_fit(tmp_path, capsys):
+    sizes = {f"{i}.png": (64, 64) for i in range(3)} | {"small.png": (48, 64)}
+    for file_name, size in sizes.items():
+        Image.new("RGB", size).save(tmp_path / file_name)
+    (tmp_path / "text.png").write_text("not an image")
+    images = [
+        {"id": i, "file_name": name, "width": 64, "height": 64}
+        for i, name in enumerate([*sizes, "text.png"], start=1)
+    ]
+    annotations = [
+        {"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024}
+        for i in range(1, 6)
+    ]
+    categories = [{"id": 1, "name": "thing"}]
+    json_file = tmp_path / "train.json"
+    json_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    opts = ["DATASETS.TRAIN", f"('coco:{json_file}:{tmp_path}',)", "DATASETS.TEST", "()"]
+    assert main(["--config-file", CONFIG, *opts]) == 1
+    output = capsys.readouterr().out
+    print(output)
+    assert "Error (training would stop): Dataset 'coco:" in output
+    assert "small.png' 64x64 in the annotations, 48x64 in the file" in output
+    assert "1 of 5 images cannot be read: '" in output and "text.png' (not an image" in output
+    # The anchor fit of the 3 usable images follows.
+    assert "3 boxes in 3 images" in output and "Anchor fit: 100.0 % reach IoU >= 0.5" in output

@@ -2,6 +2,7 @@
 models."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -153,3 +154,62 @@ def test_test_time_augmentation(model_files, image_folder, tmp_path):
         for detection in detections:
             x0, y0, x1, y1 = detection["bbox_xyxy"]
             assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64
+
+
+@pytest.fixture
+def predict_warnings(caplog, monkeypatch):
+    """The messages predict logs, whatever setup_logger did to its logger."""
+    logger = logging.getLogger(predict.__name__)
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger=predict.__name__)
+    yield lambda: [r.getMessage() for r in caplog.records if r.name == predict.__name__]
+    logger.removeHandler(caplog.handler)
+
+
+def test_folder_gives_every_format_pillow_reads_and_names_the_other_files(
+    model_files, tmp_path, predict_warnings
+):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    images = ["a.tif", "b.TIFF", "c.webp", "d.gif", "IMG_0001.JPG"]
+    for name in images:
+        Image.fromarray(pixels).save(folder / name)
+    for name in ["notes.txt", "labels.csv", "model.pth"]:
+        (folder / name).write_text("not an image")
+    (folder / "subfolder.png").mkdir()  # folders inside are not searched
+
+    assert predict.list_images([str(folder)]) == sorted(str(folder / name) for name in images)
+    (warning,) = predict_warnings()
+    print(warning)
+    assert warning == (
+        f"{folder}: 3 files not taken, their extension is not a format Pillow reads: labels.csv, "
+        "model.pth, notes.txt."
+    )
+    assert run(model_files, [str(folder)], tmp_path / "out") == 0
+    assert len(read_json(tmp_path / "out" / "predictions.json")) == 5
+    pictures = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert pictures == sorted(
+        ["IMG_0001.JPG", "a.tif", "b.TIFF", "c.webp", "d.gif.png", "predictions.json"]
+        + ["predictions.jsonl"]
+    )
+
+
+@pytest.mark.parametrize("overrides_first", [True, False])
+def test_config_overrides_anywhere_on_the_command_line(
+    model_files, image_folder, tmp_path, monkeypatch, overrides_first
+):
+    config_file, weights = model_files
+    monkeypatch.chdir(image_folder)  # IMG_0001.JPG: an upper-case input, not a config key
+    Image.open("0.png").save("IMG_0001.JPG")
+    overrides = ["MODEL.WEIGHTS", weights, "SEED", "5"]  # without MODEL.WEIGHTS, main stops
+    inputs = ["--input", "IMG_0001.JPG", "1.png", "--output", str(tmp_path / "out")]
+    argv = ["--config-file", config_file]
+    argv += overrides + inputs if overrides_first else inputs + overrides
+    args = predict.parse_args(argv)
+    assert args.input == ["IMG_0001.JPG", "1.png"] and args.opts == overrides
+    assert predict.main(argv + ["--confidence-threshold", "0.0"]) == 0
+    results = read_json(tmp_path / "out" / "predictions.json")
+    assert sorted(results) == ["1.png", "IMG_0001.JPG"]
+    assert all(len(detections) > 0 for detections in results.values())

@@ -50,6 +50,7 @@ from .by_path import (
     check_registered,
     register_path_datasets,
 )
+from .image_check import check_dataset_images
 
 __all__ = [
     "DatasetReport",
@@ -428,6 +429,7 @@ def prepare_dataset_dicts(
     *,
     filter_empty: bool,
     is_train: bool = False,
+    max_unreadable_fraction: Optional[float] = None,
 ) -> List[Dict]:
     """
     Check the image files of datasets loaded by :func:`load_dataset_dicts`, sanitize their
@@ -440,6 +442,9 @@ def prepare_dataset_dicts(
             (``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; always False for test sets).
         is_train: the datasets are a training set (implied by ``filter_empty``): stop when they
             have no box to train on.
+        max_unreadable_fraction: the share of a dataset's images that may be unreadable and are
+            then removed (training's ``DATALOADER.MAX_UNREADABLE_FRACTION``); None (test sets):
+            an unreadable image is an error. See :func:`check_dataset_images`.
 
     Returns:
         the datasets' dicts, concatenated, ready for ``build_detection_{train,test}_loader``.
@@ -448,6 +453,9 @@ def prepare_dataset_dicts(
     prepared = []
     for dataset_dicts, report in loaded:
         check_image_files(dataset_dicts, report.dataset_name)
+        dataset_dicts = check_dataset_images(
+            dataset_dicts, report.dataset_name, max_unreadable_fraction
+        )
         thing_classes = MetadataCatalog.get(report.dataset_name).get("thing_classes")
         num_classes = len(thing_classes) if thing_classes is not None else None
         dataset_dicts = sanitize_dataset_dicts(dataset_dicts, report, num_classes)

@@ -28,6 +28,7 @@ from ..data.classes import (
     check_model_classes,
     dataset_class_metadata,
 )
+from ..data.image_check import unreadable_training_fraction
 from ..evaluation import build_coco_evaluator
 from ..modeling.class_alpha import set_alpha_per_class_from_dataset
 from .checkpoint import AtomicCheckpointer
@@ -171,7 +172,10 @@ class Trainer(DefaultTrainer):
         # Missing images and bad boxes are checked, counted and logged here, outside the message
         # about missing dataset files.
         return prepare_dataset_dicts(
-            loaded, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, is_train=True
+            loaded,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            max_unreadable_fraction=unreadable_training_fraction(cfg),
+            is_train=True,
         )
 
     @classmethod
