@@ -21,12 +21,13 @@ install:
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	bash scripts/install_detectron2.sh $(PY)
-	$(PY) -m pip install -q -e ".[dev,export,tools]"
+	$(PY) -m pip install -q -e ".[dev,export,tools,report]"
+	$(PY) -m pip install -q --no-deps tidecv==1.0.1
 	@echo "installed: $$($(PY) -c 'import torch, detectron2, retinanet_fl; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| retinanet_fl", retinanet_fl.__version__)')"
 
 # Cheap check so that demo/test only run the full install when something is missing.
 ensure-installed:
-	@$(PY) -c "import torch, torchvision, detectron2, retinanet_fl, pytest" 2>/dev/null || $(MAKE) install
+	@$(PY) -c "import torch, torchvision, detectron2, retinanet_fl, pytest, tidecv" 2>/dev/null || $(MAKE) install
 
 demo: ensure-installed
 	$(PY) -m retinanet_fl.demo

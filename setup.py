@@ -25,5 +25,9 @@ setup(
         # tools/ablation.py and tools/benchmark.py (plots; the benchmark's fvcore and torchvision
         # losses come with Detectron2 and torchvision)
         "tools": ["matplotlib", "PyYAML"],
+        # the evaluation report's TIDE error breakdown: tidecv's own imports. tidecv itself is
+        # installed with --no-deps (make install does it): it requires the GUI opencv-python,
+        # which would clash with opencv-python-headless.
+        "report": ["appdirs", "pandas", "seaborn"],
     },
 )

@@ -90,6 +90,18 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL.FOLD_FROZEN_BN = True
     _C.MODEL.RETINANET_FL.COMPILE = False
 
+    # With every COCO-style evaluation, write the report OUTPUT_DIR/report/ (index.html, its
+    # pictures, report.json): per-class AP and thresholds, PR curves, confusion matrix, TIDE
+    # errors, worst and best images, training curves (retinanet_fl/evaluation/).
+    _C.TEST.REPORT = True
+    # With TEST.EVAL_PERIOD > 0: the losses on DATASETS.TEST[0] at each evaluation (logged as
+    # validation/<loss>); model_best.pth by this metric ("" for none; a name with "loss" is
+    # minimised, others maximised); and early stopping after this many evaluations without
+    # improvement of the metric (0: off).
+    _C.TEST.VALIDATION_LOSS = True
+    _C.TEST.BEST_CHECKPOINT_METRIC = "bbox/AP"
+    _C.SOLVER.EARLY_STOP_PATIENCE = 0
+
     # "SGD" (Detectron2's and the paper's, with SOLVER.MOMENTUM) or "AdamW" (β = SOLVER.ADAM_BETAS),
     # which trains a model from scratch in far fewer iterations (the synthetic demo).
     _C.SOLVER.OPTIMIZER = "SGD"

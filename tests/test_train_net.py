@@ -218,3 +218,29 @@ def test_resume_after_sigkill_while_saving_finishes_the_schedule(
     original = {row["iteration"]: row for row in read_metrics(trained_run[0]) if "lr" in row}
     assert resumed_last["iteration"] == 39
     assert resumed_last["lr"] == pytest.approx(original[39]["lr"], rel=1e-9)
+
+
+def test_training_writes_the_evaluation_report(trained_run):
+    output_dir, _ = trained_run
+    report = output_dir / "report"
+    with open(report / "report.json") as f:
+        classes = json.load(f)["classes"]
+    assert len(classes) == 6 and all(entry["num_gt"] > 0 for entry in classes)
+    page = (report / "index.html").read_text()
+    for source in re.findall(r'src="([^"]+)"', page):
+        assert (report / source).stat().st_size > 0
+    assert 'src="training_curves.png"' in page
+
+
+def test_validation_loss_best_checkpoint_and_early_stopping(datasets_root, tmp_path):
+    # At learning rate 0 the metric never improves: the second evaluation stops training.
+    # (Detectron2 writes metrics.json every 20 iterations: an evaluation period of 20 keeps each.)
+    opts = ["TEST.EVAL_PERIOD", "20", "SOLVER.MAX_ITER", "60", "SOLVER.BASE_LR", "0.0"]
+    output = run_train_net(datasets_root, tmp_path, opts=[*opts, "SOLVER.EARLY_STOP_PATIENCE", "1"])
+    assert "Early stopping at iteration 40: bbox/AP has not improved for 1 evaluations" in output
+    validation = [row for row in read_metrics(tmp_path) if "validation/total_loss" in row]
+    assert [row["iteration"] for row in validation] == [19, 39]
+    assert all(row["validation/total_loss"] > 0 for row in validation)
+    assert (tmp_path / "model_best.pth").is_file()
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["iteration"] == 39
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"

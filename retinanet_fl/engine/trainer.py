@@ -4,6 +4,7 @@ errors.
 """
 
 import contextlib
+import functools
 import logging
 import os
 import weakref
@@ -16,9 +17,11 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.data import transforms as T
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import DatasetEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..data import RobustDatasetMapper, load_dataset_dicts, prepare_dataset_dicts
@@ -38,6 +41,7 @@ from .checks import (
     check_num_classes,
     warn_unread_anchor_sizes,
 )
+from .hooks import EarlyStopping, ValidationLoss, metric_mode
 from .launch import create_ddp_model
 from .optimizer import build_optimizer
 
@@ -93,7 +97,36 @@ class FiniteLossCPUAutocastTrainer(FiniteLossTrainer):
             super().run_step()
 
 
-class Trainer(DefaultTrainer):
+class _StoppableTrainLoop(TrainerBase):
+    """TrainerBase's loop, which also ends when a hook sets ``stop_requested`` (early stopping)."""
+
+    stop_requested = False
+
+    def train(self, start_iter: int, max_iter: int):
+        logger = logging.getLogger(__name__)
+        logger.info(f"Starting training from iteration {start_iter}")
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self.stop_requested:
+                        break
+                else:
+                    # As TrainerBase: iter == max_iter tells after_train that training finished.
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+
+
+class Trainer(DefaultTrainer, _StoppableTrainLoop):
     """
     Detectron2's DefaultTrainer with:
 
@@ -103,6 +136,8 @@ class Trainer(DefaultTrainer):
     * ``SOLVER.OPTIMIZER``: Detectron2's SGD or AdamW;
     * checkpoints written atomically, so a killed run always leaves a loadable latest checkpoint;
     * missing datasets reported with where to put them;
+    * with ``TEST.EVAL_PERIOD``: an evaluation report (``OUTPUT_DIR/report``), the losses on the
+      validation set, ``model_best.pth`` and early stopping (``SOLVER.EARLY_STOP_PATIENCE``);
     * config mistakes with Detectron2's keys caught when the model and the data are built
       (see :mod:`retinanet_fl.engine.checks`), and a NaN or infinite loss named with its iteration.
     """
@@ -141,6 +176,53 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> List[hooks.HookBase]:
+        """
+        Detectron2's hooks and, with ``TEST.EVAL_PERIOD`` > 0: the validation losses before each
+        evaluation; after it, ``model_best.pth`` by ``TEST.BEST_CHECKPOINT_METRIC`` and early
+        stopping after ``SOLVER.EARLY_STOP_PATIENCE`` evaluations without improvement.
+        """
+        cfg = self.cfg
+        ret = super().build_hooks()
+        period = cfg.TEST.EVAL_PERIOD
+        if period <= 0 or not cfg.DATASETS.TEST:
+            return ret
+        evaluation = max(i for i, hook in enumerate(ret) if isinstance(hook, hooks.EvalHook))
+        after = []
+        metric = cfg.TEST.BEST_CHECKPOINT_METRIC
+        if metric and comm.is_main_process():
+            after.append(
+                hooks.BestCheckpointer(period, self.checkpointer, metric, metric_mode(metric))
+            )
+        if cfg.SOLVER.EARLY_STOP_PATIENCE > 0:
+            stopping = EarlyStopping(
+                period, metric or "bbox/AP", cfg.SOLVER.EARLY_STOP_PATIENCE, self.checkpointer
+            )
+            self.checkpointer.add_checkpointable("early_stopping", stopping)
+            after.append(stopping)
+        ret[evaluation + 1 : evaluation + 1] = after
+        if cfg.TEST.VALIDATION_LOSS:
+            loader = functools.partial(self.build_validation_loader, cfg, cfg.DATASETS.TEST[0])
+            ret.insert(evaluation, ValidationLoss(period, self.model, loader))
+        return ret
+
+    @classmethod
+    def build_validation_loader(cls, cfg: CfgNode, dataset_name: str):
+        """
+        Returns:
+            batches of one image of ``dataset_name`` with its instances, resized as at test time
+            and not augmented: what the validation losses are computed on.
+        """
+        with explain_missing_dataset([dataset_name]):
+            loaded = [load_dataset_dicts(dataset_name)]
+        dataset = prepare_dataset_dicts(loaded, filter_empty=False)
+        resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
+        mapper.augmentations = T.AugmentationList([resize])
+        return build_detection_test_loader(
+            dataset, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
     @classmethod
     def build_model(cls, cfg: CfgNode):
@@ -220,8 +302,19 @@ class Trainer(DefaultTrainer):
                 "datasets."
             )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        report_dir = None
+        if cfg.TEST.REPORT:
+            # One report per test set: OUTPUT_DIR/report for the first, report_1 ... for others.
+            names = list(cfg.DATASETS.TEST)
+            index = names.index(dataset_name) if dataset_name in names else 0
+            report_dir = os.path.join(cfg.OUTPUT_DIR, "report" + (f"_{index}" if index else ""))
         with explain_missing_dataset([dataset_name]):
-            return build_coco_evaluator(dataset_name, output_folder)
+            return build_coco_evaluator(
+                dataset_name,
+                output_folder,
+                report_dir=report_dir,
+                metrics_file=os.path.join(cfg.OUTPUT_DIR, "metrics.json"),
+            )
 
 
 def _step_trainer_class(cfg: CfgNode) -> type:

@@ -1,4 +1,12 @@
-"""Evaluation: box AP on the same ground truth that training reads."""
+"""
+Evaluation: box AP on the same ground truth that training reads, and the report written with
+every evaluation (:mod:`.report`).
+"""
 
-from .coco_evaluator import SanitizedCOCOEvaluator, build_coco_evaluator  # noqa: F401
+from .coco_evaluator import (  # noqa: F401
+    ReportingCOCOEvaluator,
+    SanitizedCOCOEvaluator,
+    build_coco_evaluator,
+)
 from .ground_truth import coco_ground_truth  # noqa: F401
+from .report import score_thresholds_from_report, write_report  # noqa: F401

@@ -20,15 +20,70 @@ from detectron2.evaluation.coco_evaluation import COCOeval, COCOeval_opt
 
 from ..data.sanitize import DatasetReport, load_dataset_dicts, sanitize_dataset_dicts
 from .ground_truth import coco_from_dict, coco_ground_truth, incomplete_annotations
+from .report import write_report
 
-__all__ = ["SanitizedCOCOEvaluator", "build_coco_evaluator"]
+__all__ = ["ReportingCOCOEvaluator", "SanitizedCOCOEvaluator", "build_coco_evaluator"]
 
 logger = logging.getLogger(__name__)
 
 
-class SanitizedCOCOEvaluator(COCOEvaluator):
+class ReportingCOCOEvaluator(COCOEvaluator):
     """
-    Detectron2's COCOEvaluator for boxes, scoring a given COCO-format ground truth instead of the
+    Detectron2's COCOEvaluator for boxes which, after scoring, writes the report of
+    :func:`~retinanet_fl.evaluation.report.write_report` into ``report_dir``, from the ground
+    truth, the detections and the COCOeval it scored.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        report_dir: Optional[str] = None,
+        metrics_file: Optional[str] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            dataset_name, kwargs: as COCOEvaluator's.
+            report_dir: where the report goes; None writes none.
+            metrics_file: the run's metrics.json, for the training curves.
+        """
+        super().__init__(dataset_name, **kwargs)
+        self._set_report(dataset_name, report_dir, metrics_file)
+
+    def _set_report(
+        self, dataset_name: str, report_dir: Optional[str], metrics_file: Optional[str]
+    ) -> None:
+        self._dataset_name = dataset_name
+        self._report_dir = report_dir
+        self._metrics_file = metrics_file
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
+        if iou_type == "bbox" and self._report_dir and class_names:
+            detections = list(coco_eval.cocoDt.anns.values()) if coco_eval is not None else []
+            image_root = self._metadata.get("image_root", "")
+            image_files = {
+                image_id: os.path.join(image_root, image["file_name"])
+                for image_id, image in self._coco_api.imgs.items()
+                if "file_name" in image
+            }
+            write_report(
+                self._report_dir,
+                self._coco_api,
+                coco_eval,
+                detections,
+                class_names,
+                image_files,
+                metrics_file=self._metrics_file,
+                title=self._dataset_name,
+            )
+        return results
+
+
+class SanitizedCOCOEvaluator(ReportingCOCOEvaluator):
+    """
+    :class:`ReportingCOCOEvaluator` scoring a given COCO-format ground truth instead of the
     dataset's JSON; predictions, category ids, scoring and results are COCOEvaluator's.
     """
 
@@ -38,13 +93,17 @@ class SanitizedCOCOEvaluator(COCOEvaluator):
         ground_truth: Dict,
         output_dir: Optional[str] = None,
         distributed: bool = True,
+        report_dir: Optional[str] = None,
+        metrics_file: Optional[str] = None,
     ):
         """
         Args:
             dataset_name: the registered dataset (its metadata maps the category ids).
             ground_truth: the COCO-format dict to score, e.g. from :func:`coco_ground_truth`.
             output_dir, distributed: as COCOEvaluator's.
+            report_dir, metrics_file: as :class:`ReportingCOCOEvaluator`'s.
         """
+        self._set_report(dataset_name, report_dir, metrics_file)
         # Not COCOEvaluator.__init__: it reads the JSON its metadata names, or converts the
         # dataset's raw dicts into one. These are the attributes it sets for box AP.
         self._logger = logging.getLogger(COCOEvaluator.__module__)
@@ -70,17 +129,24 @@ def _changes(report: DatasetReport) -> List[str]:
     return changes
 
 
-def build_coco_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEvaluator:
+def build_coco_evaluator(
+    dataset_name: str,
+    output_dir: Optional[str],
+    report_dir: Optional[str] = None,
+    metrics_file: Optional[str] = None,
+) -> ReportingCOCOEvaluator:
     """
     Args:
         dataset_name: a registered dataset of evaluator type "coco", or a ``coco:`` / ``voc:``
             dataset by path.
         output_dir: where COCOEvaluator writes the predictions.
+        report_dir, metrics_file: the evaluation report's (see :class:`ReportingCOCOEvaluator`).
 
     Returns:
-        Detectron2's COCOEvaluator on the dataset's JSON when that is what training reads and
-        COCOeval can score it as it is; else a :class:`SanitizedCOCOEvaluator` on the sanitised
-        dataset dicts (the same :func:`load_dataset_dicts` and sanitiser as training).
+        a :class:`ReportingCOCOEvaluator` on the dataset's JSON (Detectron2's scoring) when
+        that is what training reads and COCOeval can score it as it is; else a
+        :class:`SanitizedCOCOEvaluator` on the sanitised dataset dicts (the same
+        :func:`load_dataset_dicts` and sanitiser as training).
     """
     dataset_dicts, report = load_dataset_dicts(dataset_name)
     metadata = MetadataCatalog.get(dataset_name)
@@ -88,7 +154,13 @@ def build_coco_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEv
     json_file = metadata.get("json_file")
     reasons = _changes(report) if json_file else ["the dataset has no COCO JSON"]
     if not reasons:
-        evaluator = COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_dir)
+        evaluator = ReportingCOCOEvaluator(
+            dataset_name,
+            tasks=("bbox",),
+            output_dir=output_dir,
+            report_dir=report_dir,
+            metrics_file=metrics_file,
+        )
         reasons = incomplete_annotations(evaluator._coco_api.dataset.get("annotations", []))
         if not reasons:
             logger.info(
@@ -102,5 +174,9 @@ def build_coco_evaluator(dataset_name: str, output_dir: Optional[str]) -> COCOEv
         f"dataset){scored}: {'; '.join(reasons)}."
     )
     return SanitizedCOCOEvaluator(
-        dataset_name, coco_ground_truth(sanitized, metadata), output_dir=output_dir
+        dataset_name,
+        coco_ground_truth(sanitized, metadata),
+        output_dir=output_dir,
+        report_dir=report_dir,
+        metrics_file=metrics_file,
     )

@@ -9,7 +9,6 @@ import logging
 
 import pytest
 import torch
-from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -19,7 +18,7 @@ from retinanet_fl.config import get_cfg
 from retinanet_fl.data import load_dataset_dicts, prepare_dataset_dicts
 from retinanet_fl.data.by_path import register_path_datasets
 from retinanet_fl.engine.trainer import Trainer
-from retinanet_fl.evaluation import SanitizedCOCOEvaluator
+from retinanet_fl.evaluation import ReportingCOCOEvaluator, SanitizedCOCOEvaluator
 
 EVALUATOR_LOGGER = "retinanet_fl.evaluation.coco_evaluator"
 SIZE = 64
@@ -174,7 +173,8 @@ def test_a_complete_json_the_sanitiser_leaves_alone_is_scored_as_detectron2_does
     name, content = write_dataset(tmp_path, boxes=complete)
     with caplog.at_level(logging.INFO, logger=EVALUATOR_LOGGER):
         evaluator = build_evaluator(name, tmp_path)
-    assert type(evaluator) is COCOEvaluator
+    # Detectron2's own __init__ read the JSON: the ground truth is the file as it is.
+    assert type(evaluator) is ReportingCOCOEvaluator
     assert evaluator._coco_api.dataset == content
     assert any(
         "on " + str(tmp_path / "test.json") + " as it is" in r.getMessage() for r in caplog.records
