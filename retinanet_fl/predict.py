@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, FrozenSet, List, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -39,6 +39,7 @@ from retinanet_fl.config import get_cfg, load_config
 from retinanet_fl.data.classes import metadata_for_inference
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
+from retinanet_fl.evaluation import score_thresholds_from_report
 from retinanet_fl.export.runtime import ExportedDetector
 from retinanet_fl.label_fonts import draw_detections, find_label_fonts
 from retinanet_fl.modeling.tta import DenseDetectorWithTTA
@@ -49,6 +50,8 @@ MAX_FILES_LISTED = 5
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 
 
 def image_extensions() -> FrozenSet[str]:
@@ -257,7 +260,7 @@ def predict_images(
     model: Union[CfgNode, str],
     image_paths: Sequence[str],
     output_dir: str,
-    confidence_threshold: float,
+    confidence_threshold: Union[float, Dict[str, float]],
     batch_size: int = 1,
     resume: bool = False,
     scale: float = 1.0,
@@ -274,7 +277,9 @@ def predict_images(
             ``retinanet_fl.export`` (``.ts`` or ``.onnx``).
         image_paths: the images, in order.
         output_dir: where the pictures and predictions go.
-        confidence_threshold: detections scoring below it are neither drawn nor saved.
+        confidence_threshold: detections scoring below it are neither drawn nor saved; or
+            class name -> its threshold (e.g. an evaluation report's F1-optimal ones), the
+            classes it leaves out at :data:`DEFAULT_CONFIDENCE_THRESHOLD`.
         batch_size: images per forward pass.
         resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
         scale: size of the pictures relative to the images (> 1 for small images).
@@ -286,6 +291,7 @@ def predict_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
     metadata = runner.metadata
+    thresholds = _class_thresholds(confidence_threshold, metadata)
     label_fonts = find_label_fonts(metadata.get("thing_classes", None) or [])
     os.makedirs(output_dir, exist_ok=True)
     lines_path = os.path.join(output_dir, "predictions.jsonl")
@@ -305,7 +311,8 @@ def predict_images(
                     unreadable.append(path)
             outputs = runner(list(images.values()))
             for (path, image_bgr), instances in zip(images.items(), outputs):
-                instances = instances[instances.scores >= confidence_threshold]
+                per_class = thresholds[instances.pred_classes] if thresholds.dim() else thresholds
+                instances = instances[instances.scores >= per_class]
                 image_rgb = image_bgr[:, :, ::-1]
                 drawn = draw_detections(image_rgb, instances, metadata, label_fonts, scale)
                 _save_picture(drawn, output_dir, path)
@@ -318,6 +325,29 @@ def predict_images(
     with open(json_path, "w") as f:
         json.dump(records, f, indent=1)
     return PredictionSummary(json_path, len(records) - len(finished), len(finished), unreadable)
+
+
+def _class_thresholds(
+    confidence_threshold: Union[float, Dict[str, float]], metadata: Metadata
+) -> torch.Tensor:
+    """Returns: the ``(K,)`` score threshold of each class index, or one ``()`` for all."""
+    if not isinstance(confidence_threshold, dict):
+        return torch.tensor(confidence_threshold)
+    class_names = metadata.get("thing_classes", None)
+    if not class_names:
+        raise ValueError(
+            "Per-class thresholds need the model's class names, which this model does not carry: "
+            "give a number as --confidence-threshold."
+        )
+    unknown = sorted(set(confidence_threshold) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"The thresholds name classes the model does not have: {unknown} (its classes: "
+            f"{list(class_names)}). Use the report of an evaluation of this model."
+        )
+    return torch.tensor(
+        [confidence_threshold.get(name, DEFAULT_CONFIDENCE_THRESHOLD) for name in class_names]
+    )
 
 
 class _Progress:
@@ -361,6 +391,26 @@ def split_config_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return others, overrides
 
 
+def _threshold_argument(value: str) -> Union[float, str]:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {value!r}") from None
+
+
+def _report_thresholds(report: Optional[str], model_file: str) -> Dict[str, float]:
+    """The per-class thresholds of ``report``, by default the report/ beside ``model_file``."""
+    report = report or os.path.join(os.path.dirname(os.path.abspath(model_file)), "report")
+    thresholds = score_thresholds_from_report(report)
+    logger.info(
+        f"Per-class score thresholds from {report}: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in thresholds.items())
+    )
+    return thresholds
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Returns: the arguments; ``opts``: the config overrides, taken from anywhere."""
     others, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
@@ -379,7 +429,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--output", required=True, help="folder for the pictures and predictions.json"
     )
     parser.add_argument(
-        "--confidence-threshold", type=float, default=0.5, help="draw and save scores above this"
+        "--confidence-threshold",
+        type=_threshold_argument,
+        default=DEFAULT_CONFIDENCE_THRESHOLD,
+        help="draw and save scores above this; 'auto': each class's F1-optimal threshold from an "
+        "evaluation report (--report)",
+    )
+    parser.add_argument(
+        "--report",
+        default=None,
+        help="the evaluation report for --confidence-threshold auto (a report/ folder or its "
+        "report.json; default: the report/ beside MODEL.WEIGHTS or the exported file)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     parser.add_argument(
@@ -406,11 +466,16 @@ def main(argv=None) -> int:
         model = load_config(args.config_file, args.opts, for_inference=True)
         if not model.MODEL.WEIGHTS:
             raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
+    threshold = args.confidence_threshold
+    if threshold == "auto":
+        threshold = _report_thresholds(
+            args.report, args.exported if args.exported else model.MODEL.WEIGHTS
+        )
     summary = predict_images(
         model,
         list_images(args.input),
         args.output,
-        args.confidence_threshold,
+        threshold,
         batch_size=args.batch_size,
         resume=args.resume,
     )

@@ -134,6 +134,25 @@ def test_predict_names_detections_without_the_dataset(own_run, own_coco, tmp_pat
     assert_named_with_own_ids([d for record in records for d in record["detections"]])
 
 
+def test_predict_with_the_reports_per_class_thresholds(own_run, own_coco, tmp_path):
+    output_dir, _ = own_run
+    with open(output_dir / "report" / "report.json") as f:
+        thresholds = {c["name"]: c["f1_threshold"] or 0.5 for c in json.load(f)["classes"]}
+    log = run_module(
+        "retinanet_fl.predict",
+        "--config-file", CONFIG,
+        "--input", image_folder(own_coco),
+        "--output", str(tmp_path),
+        "--confidence-threshold", "auto",
+        *TINY_OPTS,
+        "MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
+    )  # fmt: skip
+    assert f"Per-class score thresholds from {output_dir / 'report'}" in log
+    with open(tmp_path / "predictions.json") as f:
+        detections = [d for record in json.load(f) for d in record["detections"]]
+    assert all(d["score"] >= round(thresholds[d["class_name"]], 4) for d in detections)
+
+
 def test_exported_onnx_carries_names_and_ids(own_run, own_coco, tmp_path):
     pytest.importorskip("onnxruntime")
     output_dir, _ = own_run
