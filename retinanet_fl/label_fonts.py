@@ -1,5 +1,6 @@
 """
-Fonts for class names in any script in the pictures of ``retinanet_fl.predict``.
+Fonts for class names in any script in the pictures of ``retinanet_fl.predict`` and the
+evaluation report.
 
 Detectron2's ``Visualizer`` draws labels with matplotlib's default sans-serif font (DejaVu Sans),
 which has Latin, Greek, Cyrillic and Arabic letters but no Chinese, Japanese, Korean or Indic ones:
@@ -16,11 +17,11 @@ from typing import FrozenSet, List, Optional, Sequence
 import numpy as np
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
-from detectron2.utils.visualizer import Visualizer
+from detectron2.utils.visualizer import VisImage, Visualizer
 from matplotlib import font_manager
 from matplotlib.ft2font import FT2Font
 
-__all__ = ["LabelFonts", "draw_detections", "find_label_fonts"]
+__all__ = ["LabelFonts", "draw_detections", "find_label_fonts", "set_label_families"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,13 @@ def draw_detections(
     if metadata.get("thing_classes"):
         metadata = Metadata(**{**metadata.as_dict(), "thing_classes": fonts.labels})
     drawn = Visualizer(image_rgb, metadata, scale).draw_instance_predictions(instances)
-    if fonts.families:
-        for text in drawn.ax.texts:
-            text.set_fontfamily([VISUALIZER_FAMILY, *fonts.families])
+    set_label_families(drawn, fonts)
     return drawn.get_image()
+
+
+def set_label_families(picture: VisImage, fonts: LabelFonts) -> None:
+    """Let the labels of a Visualizer's picture take the letters the default font lacks from
+    ``fonts``' families."""
+    if fonts.families:
+        for text in picture.ax.texts:
+            text.set_fontfamily([VISUALIZER_FAMILY, *fonts.families])

@@ -15,6 +15,7 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from ..data.mapper import read_image  # noqa: E402
+from ..label_fonts import LabelFonts, set_label_families  # noqa: E402
 from .analysis import TIDE_ERRORS, ImageErrors, precision_recall_curves  # noqa: E402
 
 __all__ = [
@@ -138,11 +139,12 @@ def draw_gallery_image(
     detections: Sequence[Dict],
     score_thresholds: Dict[int, float],
     image_file: Optional[str],
-    class_names: Sequence[str],
+    fonts: LabelFonts,
 ) -> Optional[str]:
     """
     Draw an image's ground truth (green, named) and its detections above their class's threshold
-    (red, named with the score) into ``gallery/<kind>_<image id>.jpg``.
+    (red, named with the score) into ``gallery/<kind>_<image id>.jpg``; ``fonts`` (of the class
+    names, :func:`~retinanet_fl.label_fonts.find_label_fonts`) labels them in any script.
 
     Returns:
         the picture's path relative to the report, or None when the image cannot be read.
@@ -163,11 +165,11 @@ def draw_gallery_image(
     # Small images are upscaled so that the names stay legible.
     visualizer = Visualizer(image, scale=max(1.0, 320 / max(image.shape[:2])))
     for annotations, color, label in (
-        (gt, GT_COLOR, lambda a: class_names[index[a["category_id"]]]),
+        (gt, GT_COLOR, lambda a: fonts.labels[index[a["category_id"]]]),
         (
             kept,
             DETECTION_COLOR,
-            lambda d: f"{class_names[index[d['category_id']]]} {d['score']:.2f}",
+            lambda d: f"{fonts.labels[index[d['category_id']]]} {d['score']:.2f}",
         ),
     ):
         if annotations:
@@ -178,6 +180,7 @@ def draw_gallery_image(
                 labels=[label(a) for a in annotations],
                 assigned_colors=[color] * len(annotations),
             )
+    set_label_families(visualizer.output, fonts)
     name = os.path.join("gallery", f"{kind}_{errors.image_id}.jpg")
     visualizer.output.save(os.path.join(report_dir, name))
     return name

@@ -18,6 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..label_fonts import find_label_fonts
 from .analysis import (
     DEFAULT_SCORE_THRESHOLD,
     TIDE_ERRORS,
@@ -85,6 +86,7 @@ def write_report(
         "tide": plot_tide(report_dir, tide) if tide else None,
         "curves": plot_training_curves(report_dir, metrics_file),
     }
+    fonts = find_label_fonts(class_names)
     gallery = {}
     for kind, images in (("worst", worst), ("best", best)):
         gallery[kind] = [
@@ -96,7 +98,7 @@ def write_report(
                 detections,
                 thresholds,
                 image_files.get(errors.image_id),
-                class_names,
+                fonts,
             )
             for errors in images
         ]
