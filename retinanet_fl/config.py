@@ -33,8 +33,10 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     if "RETINANET_FL" in cfg.MODEL:
         return cfg
     _C = cfg
-    # Training images that cannot be read are skipped with a warning (Detectron2's loader draws
-    # another), until more than this share of the training set was unreadable; then it stops.
+    # Training images that cannot be read are left out with a warning, up to this share of the
+    # training set: found before training from their headers (retinanet_fl/data/image_check.py),
+    # or skipped by the loader (which draws another) when their pixels fail to decode. Beyond the
+    # share, or with SKIP_UNREADABLE_IMAGES False, training stops with an error naming them.
     _C.DATALOADER.SKIP_UNREADABLE_IMAGES = True
     _C.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
     _C.MODEL.RETINANET_FL = CN()

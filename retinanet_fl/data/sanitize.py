@@ -18,6 +18,7 @@ What happens to each kind of bad input:
   when ``DATALOADER.FILTER_EMPTY_ANNOTATIONS`` is True (Detectron2's default, and what Detectron,
   the paper's code base, does);
 * image files that do not exist: a ``FileNotFoundError`` naming them, before training starts;
+  unreadable images and sizes other than annotated: see :mod:`.image_check`;
 * a training set without any box left: a ``ValueError`` naming its datasets.
 
 Clipping a box removes its "area" (the object's area in the JSON), so that evaluation scores the
