@@ -30,11 +30,12 @@ import torch
 from torch import Tensor
 
 from .closed_form import ClosedFormLoss, closed_form_loss, smallest_normal
-from .focal_loss import _check_targets, _sigmoid_softplus, check_gamma
+from .focal_loss import _check_targets, _sigmoid_softplus
 
 __all__ = [
     "check_quality_beta",
     "check_varifocal_alpha",
+    "check_varifocal_gamma",
     "quality_focal_loss",
     "varifocal_loss",
 ]
@@ -58,6 +59,16 @@ def check_varifocal_alpha(alpha: float, name: str = "alpha") -> float:
             f"0.75), got {alpha}."
         )
     return float(alpha)
+
+
+def check_varifocal_gamma(gamma: float, name: str = "gamma") -> float:
+    """The VFL γ, the focusing exponent of the negatives: finite and >= 0."""
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(
+            f"{name} must be a finite number >= 0 (the focusing exponent of the negatives; the "
+            f"paper: 2), got {gamma}."
+        )
+    return float(gamma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +177,6 @@ def varifocal_loss(
         for "none", else a scalar.
     """
     _check_targets(logits, targets)
-    params = (check_varifocal_alpha(alpha), check_gamma(gamma))
+    params = (check_varifocal_alpha(alpha), check_varifocal_gamma(gamma))
     loss_fn = ClosedFormLoss(_varifocal_formula, params, reduction=reduction, kernel=kernel)
     return closed_form_loss(logits, targets, loss_fn)

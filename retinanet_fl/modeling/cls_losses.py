@@ -54,6 +54,7 @@ from ..layers.focal_loss import (
 from ..layers.soft_focal_losses import (
     check_quality_beta,
     check_varifocal_alpha,
+    check_varifocal_gamma,
     quality_focal_loss,
     varifocal_loss,
 )
@@ -472,7 +473,7 @@ class VarifocalClsLoss(nn.Module):
         """
         super().__init__()
         self.alpha = check_varifocal_alpha(alpha, name="alpha (MODEL.RETINANET_FL.VARIFOCAL_ALPHA)")
-        self.gamma = check_gamma(gamma, name="gamma (MODEL.RETINANET_FL.VARIFOCAL_GAMMA)")
+        self.gamma = check_varifocal_gamma(gamma, name="gamma (MODEL.RETINANET_FL.VARIFOCAL_GAMMA)")
         self.kernel = check_kernel(kernel, name=f"kernel ({KERNEL_KEY})")
 
     @classmethod

@@ -177,7 +177,11 @@ def test_compiled_kernel_equals_eager():
             ValueError,
             r"alpha must be a finite number >= 0 \(the weight of the negatives.*nan",
         ),
-        (lambda x, t: varifocal_loss(x, t, gamma=-2.0), ValueError, "gamma must be.*-2.0"),
+        (
+            lambda x, t: varifocal_loss(x, t, gamma=-2.0),
+            ValueError,
+            r"gamma must be a finite number >= 0 \(the focusing exponent of the negatives.*-2.0",
+        ),
         (
             lambda x, t: quality_focal_loss(x, t[:, :2]),
             ValueError,
@@ -190,3 +194,14 @@ def test_compiled_kernel_equals_eager():
 def test_bad_arguments_raise_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call(random_logits(4, 3), soft_targets(4, 3))
+
+
+@pytest.mark.parametrize("kernel", closed_form.KERNELS)
+def test_no_rows_give_an_empty_or_zero_loss(kernel):
+    logits = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    targets = torch.zeros(0, 3, dtype=torch.float64)
+    for fn in (quality_focal_loss, varifocal_loss):
+        assert fn(logits, targets, reduction="none", kernel=kernel).shape == (0, 3)
+        total = fn(logits, targets, reduction="sum", kernel=kernel)
+        (grad,) = torch.autograd.grad(total, logits)
+        assert total.item() == 0 and grad.shape == (0, 3)

@@ -241,3 +241,21 @@ def test_detector_passes_the_iou_of_foreground_predictions(
     for r in foreground[0].nonzero().flatten().tolist():
         predicted = _decode(deltas[0, r].detach(), anchors[r])
         assert iou[0, r].item() == pytest.approx(_box_iou(predicted, gt_boxes[0][r]), abs=1e-6)
+
+
+def test_images_without_boxes_train_with_atss_and_iou_targets(small_cfg):
+    cfg = small_cfg(
+        "MODEL.RETINANET_FL.CLS_LOSS", "varifocal",
+        "MODEL.RETINANET_FL.ANCHOR_MATCHER", "atss",
+        "MODEL.RETINANET_FL.LOSS_KERNEL", "eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    instances = Instances((64, 64))
+    instances.gt_boxes = Boxes(torch.zeros(0, 4))
+    instances.gt_classes = torch.zeros(0, dtype=torch.int64)
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
+    with EventStorage():
+        losses = model([{"image": image, "instances": instances}])
+    assert losses["loss_box_reg"].item() == 0.0
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"].item() > 0
