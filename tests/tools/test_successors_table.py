@@ -35,10 +35,11 @@ def test_rows_are_the_coco_configs(name):
     assert flat_config(str(table.base_config), opts) == flat_config(get_config_file(name))
 
 
-def test_one_anchor_row_is_one_square_anchor_of_eight_strides():
+def test_one_anchor_row_is_one_square_anchor_of_the_base_size():
     table = ablation.load_experiment("successors")
     row = table.rows[-1]
     cfg = flat_config(str(table.base_config), ablation.format_opts(row.opts))
+    base = flat_config(str(table.base_config), [])
     assert cfg["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"] == [[1.0]]
     assert cfg["MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE"] == 1
-    assert cfg["MODEL.RETINANET_FL.ANCHOR_SCALE"] == 8.0
+    assert cfg["MODEL.RETINANET_FL.ANCHOR_SCALE"] == base["MODEL.RETINANET_FL.ANCHOR_SCALE"]
