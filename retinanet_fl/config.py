@@ -42,7 +42,8 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL = CN()
 
     # Classification loss: a name in CLS_LOSS_REGISTRY ("focal", "focal_star", "ce", "ohem",
-    # "softmax_focal": K + 1 logits per anchor, the last for background).
+    # "softmax_focal": K + 1 logits per anchor, the last for background; beyond the paper,
+    # "quality_focal" and "varifocal", on IoU targets).
     # γ and α come from MODEL.RETINANET.FOCAL_LOSS_GAMMA / FOCAL_LOSS_ALPHA (α < 0: no α weighting).
     _C.MODEL.RETINANET_FL.CLS_LOSS = "focal"
     # Per-class α (not with "ohem"): None or empty (the scalar FOCAL_LOSS_ALPHA), a list of
@@ -63,6 +64,14 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL.OHEM_NEG_POS_RATIO = 0.0
     # "compiled" (one fused kernel through torch.compile) or "eager" (closed form, no compile step).
     _C.MODEL.RETINANET_FL.LOSS_KERNEL = "compiled"
+    # Beyond the paper, losses whose target for a foreground anchor's class is the IoU of its
+    # predicted box with its ground truth (retinanet_fl/layers/soft_focal_losses.py):
+    # GFL's Quality Focal Loss, -|y - σ|^β BCE(σ, y).
+    _C.MODEL.RETINANET_FL.QUALITY_FOCAL_BETA = 2.0
+    # VarifocalNet's loss: negatives weighted by α p^γ (α weights the negatives, unlike
+    # FOCAL_LOSS_ALPHA, which weights the positives), positives by their IoU target.
+    _C.MODEL.RETINANET_FL.VARIFOCAL_ALPHA = 0.75
+    _C.MODEL.RETINANET_FL.VARIFOCAL_GAMMA = 2.0
 
     # Initialise the classification bias to -log((1 - π) / π) with π = MODEL.RETINANET.PRIOR_PROB;
     # False sets it to 0 (the "no prior" ablation).
@@ -74,7 +83,13 @@ def add_retinanet_fl_config(cfg: CN) -> CN:
     _C.MODEL.RETINANET_FL.ANCHOR_SCALE = 4.0
     _C.MODEL.RETINANET_FL.ANCHOR_SCALES_PER_OCTAVE = 3
 
-    # Give each GT box its best-overlapping anchors even below the foreground threshold
+    # Anchor assignment (retinanet_fl/modeling/matching.py): "iou" (MODEL.RETINANET.IOU_THRESHOLDS
+    # and IOU_LABELS, the paper) or "atss" (beyond the paper: Zhang et al. 2020, adaptive
+    # per-object IoU threshold over the ATSS_TOPK anchors per level nearest to the object's
+    # centre, per anchor position; no ignored anchors).
+    _C.MODEL.RETINANET_FL.ANCHOR_MATCHER = "iou"
+    _C.MODEL.RETINANET_FL.ATSS_TOPK = 9
+    # "iou": give each GT box its best-overlapping anchors even below the foreground threshold
     # (Detectron2's behaviour); False is the paper's rule.
     _C.MODEL.RETINANET_FL.ALLOW_LOW_QUALITY_MATCHES = True
     # Anchors per chunk when computing IoU, so the full (GT, anchors) matrix is never held at once.

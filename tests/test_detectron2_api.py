@@ -21,6 +21,9 @@ CONFIGS = os.path.dirname(get_config_file("Base-RetinaNet-FL.yaml"))
 MODEL_CONFIGS = {
     "Base-RetinaNet-FL.yaml": 80,
     "retinanet_R50_FPN.yaml": 80,
+    "retinanet_R50_FPN_atss.yaml": 80,
+    "retinanet_R50_FPN_atss_qfl.yaml": 80,
+    "retinanet_R50_FPN_atss_vfl.yaml": 80,
     "retinanet_R101_FPN.yaml": 80,
     "ablations/Base-Ablation.yaml": 80,
     "synthetic/retinanet_R18_FPN_synthetic.yaml": len(SYNTHETIC_CLASSES),

@@ -1,12 +1,13 @@
 """FocalLossRetinaNet: RetinaNet (paper §4) as a Detectron2 meta-architecture.
 
 Training: backbone (ResNet-FPN, P3–P7) → head → anchors → anchor labelling (Detectron2's
-``Matcher`` on IoU computed in chunks of anchors) → classification loss from ``CLS_LOSS_REGISTRY``
-(in fp32) + box loss (Detectron2's dense box-regression helper), both divided by the loss
-normalizer. Inference: per level, score threshold then top-k (Detectron2's selection, done with
-1-D indices: :func:`.postprocess.top_candidates`), decoding; boxes decoded to NaN or infinity
-dropped; class-wise NMS over all levels; the best ``max_detections_per_image``;
-rescaling to the requested output size.
+``Matcher`` on IoU computed in chunks of anchors, or ATSS: :mod:`.matching`) → classification loss
+from ``CLS_LOSS_REGISTRY`` (in fp32; given the IoU of the predicted boxes when it asks for it) +
+box loss (Detectron2's dense box-regression helper), both divided by the loss normalizer.
+Inference: per level, score threshold then top-k (Detectron2's selection, done with 1-D indices:
+:func:`.postprocess.top_candidates`), decoding; boxes decoded to NaN or infinity dropped;
+class-wise NMS over all levels; the best ``max_detections_per_image``; rescaling to the requested
+output size.
 
 With ``LOSS_NORMALIZER "ema"``, ``ALLOW_LOW_QUALITY_MATCHES True`` and the focal loss, this model
 computes what Detectron2's ``RetinaNet`` computes (tests/modeling/test_meta_arch.py proves it), and
@@ -24,7 +25,6 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..data.classes import with_num_classes
 from .autocast import keep_tiny_top_block_in_fp32
 from .caffe2_names import rename_caffe2_retinanet_keys
-from .cls_losses import build_cls_loss, cls_loss_has_background_logit
+from .cls_losses import build_cls_loss, cls_loss_has_background_logit, iou_targets
 from .frozen_bn import fold_frozen_batchnorm
 from .head import RetinaNetFocalHead
 from .loss_normalizer import (
@@ -42,7 +42,7 @@ from .loss_normalizer import (
     num_pos_normalizer,
     put_scalar,
 )
-from .matching import build_anchor_matcher, label_anchors
+from .matching import AnchorMatcher, build_anchor_matcher_from_config, label_anchors
 from .postprocess import class_scores, drop_non_finite_boxes, top_candidates
 
 __all__ = ["FocalLossRetinaNet"]
@@ -74,7 +74,7 @@ class FocalLossRetinaNet(DenseDetector):
         head_in_features: List[str],
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
-        anchor_matcher: Matcher,
+        anchor_matcher: AnchorMatcher,
         num_classes: int,
         cls_loss: nn.Module,
         box_reg_loss_type: str = "smooth_l1",
@@ -101,11 +101,14 @@ class FocalLossRetinaNet(DenseDetector):
             head_in_features: backbone outputs used by the head, finest first (P3 … P7).
             anchor_generator: gives per-level anchors (list[Boxes]) from the feature maps.
             box2box_transform: box ↔ delta encoding.
-            anchor_matcher: labels anchors from their IoU with GT boxes (thresholds, labels and
-                whether to allow low-quality matches).
+            anchor_matcher: labels anchors: Detectron2's ``Matcher`` from their IoU with GT boxes
+                (thresholds, labels and whether to allow low-quality matches), or an
+                :class:`.matching.ATSSMatcher`.
             num_classes: K.
             cls_loss: ``cls_loss(pred_logits (N, R, K), gt_labels (N, R), anchors (R, 4))`` → the
                 summed classification loss; ``gt_labels`` holds K for background, -1 for ignored.
+                A loss whose ``NEEDS_IOU_TARGETS`` is True also gets ``iou_targets (N, R)``, see
+                :func:`.cls_losses.iou_targets`.
             box_reg_loss_type: "smooth_l1" (the paper), "giou", "diou" or "ciou".
             smooth_l1_beta: β of the smooth L1 loss; 0 is the L1 loss.
             loss_normalizer: "num_pos" (the paper: foreground anchors in the batch, averaged over
@@ -187,16 +190,15 @@ class FocalLossRetinaNet(DenseDetector):
                 f"backbone's outputs {sorted(backbone_shape)}, e.g. ['p3', 'p4', 'p5', 'p6', 'p7']."
             )
         feature_shapes = [backbone_shape[f] for f in in_features]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
         return {
             "backbone": backbone,
             "head": RetinaNetFocalHead(cfg, feature_shapes),
             "head_in_features": in_features,
-            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "anchor_generator": anchor_generator,
             "box2box_transform": build_box2box_transform(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
-            "anchor_matcher": build_anchor_matcher(
-                cfg.MODEL.RETINANET.IOU_THRESHOLDS,
-                cfg.MODEL.RETINANET.IOU_LABELS,
-                cfg.MODEL.RETINANET_FL.ALLOW_LOW_QUALITY_MATCHES,
+            "anchor_matcher": build_anchor_matcher_from_config(
+                cfg, anchor_generator.num_cell_anchors[0]
             ),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "cls_loss": build_cls_loss(cfg),
@@ -250,7 +252,7 @@ class FocalLossRetinaNet(DenseDetector):
                 foreground anchors only).
         """
         return label_anchors(
-            Boxes.cat(anchors),
+            anchors,
             gt_instances,
             self.anchor_matcher,
             self.num_classes,
@@ -286,9 +288,16 @@ class FocalLossRetinaNet(DenseDetector):
 
         # The loss sums ~100k terms per image, most of them tiny: fp16 would lose them.
         with torch.autocast(device_type=gt_labels.device.type, enabled=False):
-            loss_cls = self.cls_loss(
-                cat(pred_logits, dim=1).float(), gt_labels, Boxes.cat(anchors).tensor
-            )
+            all_anchors = Boxes.cat(anchors).tensor
+            if getattr(self.cls_loss, "NEEDS_IOU_TARGETS", False):
+                targets = iou_targets(
+                    all_anchors, pred_anchor_deltas, gt_boxes, pos_mask, self.box2box_transform
+                )
+                loss_cls = self.cls_loss(
+                    cat(pred_logits, dim=1).float(), gt_labels, all_anchors, targets
+                )
+            else:
+                loss_cls = self.cls_loss(cat(pred_logits, dim=1).float(), gt_labels, all_anchors)
             loss_box_reg = _dense_box_regression_loss(
                 anchors,
                 self.box2box_transform,

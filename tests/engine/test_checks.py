@@ -271,6 +271,9 @@ def test_anchor_sizes_that_octave_anchors_ignore_warn(check_warnings, small_cfg)
     [
         "Base-RetinaNet-FL.yaml",
         "retinanet_R50_FPN.yaml",
+        "retinanet_R50_FPN_atss.yaml",
+        "retinanet_R50_FPN_atss_qfl.yaml",
+        "retinanet_R50_FPN_atss_vfl.yaml",
         "retinanet_R101_FPN.yaml",
         "synthetic/retinanet_R18_FPN_synthetic.yaml",
     ],

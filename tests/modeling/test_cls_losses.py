@@ -50,20 +50,23 @@ def batch(num_images: int = 2, num_anchors: int = 30, seed: int = 0):
     return logits, labels, anchors
 
 
-def test_registry_holds_the_five_losses():
+def test_registry_holds_the_seven_losses():
     assert sorted(name for name, _ in CLS_LOSS_REGISTRY) == [
         "ce",
         "focal",
         "focal_star",
         "ohem",
+        "quality_focal",
         "softmax_focal",
+        "varifocal",
     ]
 
 
 def test_unknown_name_lists_registered_names():
     with pytest.raises(
         KeyError,
-        match=r"CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem', 'softmax_focal'\]",
+        match=r"CLS_LOSS = 'focall'.*\['ce', 'focal', 'focal_star', 'ohem', 'quality_focal', "
+        r"'softmax_focal', 'varifocal'\]",
     ):
         build_cls_loss(config("focall"))
 
