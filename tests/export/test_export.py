@@ -1,13 +1,18 @@
-"""python -m retinanet_fl.export: TorchScript and ONNX files detecting what the eager model does."""
+"""python -m retinanet_fl.export: ONNX, .pt2 and legacy TorchScript files detecting what the eager
+model does, exported without deprecation warnings from our code."""
 
 import json
+import os
+import warnings
 
 import pytest
 import torch
 from detectron2.modeling import build_model
 
-from retinanet_fl.export import ONNX_OPSET, ExportableDetector, ExportedDetector, export_torchscript
+import retinanet_fl
+from retinanet_fl.export import ONNX_OPSET, ExportableDetector, ExportedDetector, export_pt2
 from retinanet_fl.export.__main__ import main as export_main
+from retinanet_fl.export.files import write_atomically
 
 from .conftest import random_image, unsaturate_head
 
@@ -28,17 +33,26 @@ def small_model(tmp_path_factory, small_cfg):
     return model, str(root / "config.yaml"), str(root / "model.pth")
 
 
-@pytest.fixture(scope="module", params=["torchscript", "onnx"])
+FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.ts"}
+PACKAGE_DIR = os.path.dirname(retinanet_fl.__file__)
+
+
+@pytest.fixture(scope="module", params=sorted(FILE_NAMES))
 def exported(request, small_model, tmp_path_factory):
-    """The small model exported by the command line, loaded."""
+    """The small model exported by the command line and loaded, with the warnings of both."""
     if request.param == "onnx":
         pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
     _, config_file, weights = small_model
     out = tmp_path_factory.mktemp(request.param)
     argv = ["--config-file", config_file, "--format", request.param, "--output", str(out)]
-    assert export_main(argv + ["MODEL.WEIGHTS", weights]) == 0
-    name = "model.ts" if request.param == "torchscript" else "model.onnx"
-    return ExportedDetector(str(out / name))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert export_main(argv + ["MODEL.WEIGHTS", weights]) == 0
+        detector = ExportedDetector(str(out / FILE_NAMES[request.param]))
+        detector(GRAY)
+    detector.caught_warnings = caught
+    return detector
 
 
 def _assert_same_detections(actual, expected):
@@ -81,16 +95,44 @@ def test_intra_op_threads_checked(exported):
         assert detector._session.get_session_options().intra_op_num_threads == 1
 
 
-def test_traced_without_detections_still_detects(small_model, tmp_path):
+def test_our_calls_emit_no_deprecation_warning(exported):
+    """Export, load and run call no deprecated API of torch (or anything else) from our code; a
+    deprecation inside torch or torchvision is theirs, not ours."""
+    ours = [
+        f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}"
+        for w in exported.caught_warnings
+        if issubclass(w.category, (DeprecationWarning, FutureWarning, PendingDeprecationWarning))
+        and os.path.abspath(w.filename).startswith(PACKAGE_DIR)
+    ]
+    assert ours == []
+
+
+def test_exported_without_detections_still_detects(small_model, tmp_path):
     """Nothing in the graph is specialised to the sample image, not even its detection count."""
     model = small_model[0]
-    path = export_torchscript(ExportableDetector(model), GRAY, str(tmp_path / "m.ts"), {"x": 1})
+    path = export_pt2(ExportableDetector(model), GRAY, str(tmp_path / "m.pt2"), {"x": 1})
     image = random_image(96, 128, seed=5).to(torch.uint8)
     with torch.no_grad():
         expected = ExportableDetector(model)(image)
-        actual = torch.jit.load(path)(image)
+        actual = torch.export.load(path).module()(image)
     assert len(expected[1]) > 0
     _assert_same_detections(actual, expected)
+    assert os.listdir(tmp_path) == ["m.pt2"]  # no temporary file left
+
+
+def test_failed_write_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_text("previous")
+
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_atomically(str(path), fail)
+    assert path.read_text() == "previous"
+    assert os.listdir(tmp_path) == ["model.onnx"]
 
 
 def test_onnx_opset(exported):
@@ -109,8 +151,15 @@ def test_onnx_opset(exported):
 
 
 def test_rejects_other_files(tmp_path):
-    with pytest.raises(ValueError, match="not an exported model"):
+    with pytest.raises(ValueError, match="not an exported model: expected a file ending in"):
         ExportedDetector(str(tmp_path / "model.pth"))
+
+
+def test_bf16_of_an_onnx_file_is_refused(exported):
+    if not exported.path.endswith(".onnx"):
+        pytest.skip("ONNX only")
+    with pytest.raises(ValueError, match="ONNX Runtime has no bf16 convolutions on the CPU"):
+        ExportedDetector(exported.path, precision="bf16")
 
 
 def test_sample_image_read_in_input_format_and_resized(small_cfg, tmp_path):
