@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -107,11 +107,11 @@ class CheckpointRunner:
 
 
 class ExportedRunner:
-    """A ``.ts`` or ``.onnx`` file of ``retinanet_fl.export``, one image at a time, with the
-    test-time resize and channel order stored in the file."""
+    """A ``.onnx`` (fp32 or int8), ``.pt2`` or ``.ts`` file of ``retinanet_fl.export``, one image
+    at a time, with the test-time resize and channel order stored in the file."""
 
-    def __init__(self, path: str):
-        self.detector = ExportedDetector(path)
+    def __init__(self, path: str, threads: Optional[int] = None):
+        self.detector = ExportedDetector(path, intra_op_threads=threads)
         settings = self.detector.metadata
         self.resize = T.ResizeShortestEdge(settings["min_size_test"], settings["max_size_test"])
         self.input_format = settings["input_format"]
@@ -209,6 +209,7 @@ def predict_images(
     batch_size: int = 1,
     resume: bool = False,
     scale: float = 1.0,
+    threads: Optional[int] = None,
 ) -> PredictionSummary:
     """
     Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn, one line
@@ -225,13 +226,14 @@ def predict_images(
         batch_size: images per forward pass.
         resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
         scale: size of the pictures relative to the images (> 1 for small images).
+        threads: ONNX Runtime's intra-op threads for an ``.onnx`` file (None: one per core).
 
     Returns:
         the summary: outputs, counts and the unreadable images.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
+    runner = ExportedRunner(model, threads) if isinstance(model, str) else CheckpointRunner(model)
     metadata = runner.metadata
     os.makedirs(output_dir, exist_ok=True)
     lines_path = os.path.join(output_dir, "predictions.jsonl")
@@ -296,8 +298,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--config-file", help="the config the checkpoint was trained with")
     model.add_argument(
         "--exported",
-        help="a model.ts or model.onnx from python -m retinanet_fl.export, instead of a config "
-        "and MODEL.WEIGHTS",
+        help="a model.onnx, model.int8.onnx, model.pt2 or model.ts from python -m "
+        "retinanet_fl.export, instead of a config and MODEL.WEIGHTS",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads (--exported .onnx)"
     )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument(
@@ -339,6 +344,7 @@ def main(argv=None) -> int:
         args.confidence_threshold,
         batch_size=args.batch_size,
         resume=args.resume,
+        threads=args.threads,
     )
     print(
         f"Predicted {summary.num_predicted} images"
