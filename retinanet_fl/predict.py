@@ -219,7 +219,7 @@ def predict_images(
 
     Args:
         model: the model's config, with MODEL.WEIGHTS, or the path of a file exported by
-            ``retinanet_fl.export`` (``.ts`` or ``.onnx``).
+            ``retinanet_fl.export`` (``.onnx``, ``.pt2`` or ``.ts``).
         image_paths: the images, in order.
         output_dir: where the pictures and predictions go.
         confidence_threshold: detections scoring below it are neither drawn nor saved.
