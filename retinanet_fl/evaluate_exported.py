@@ -26,7 +26,6 @@ import retinanet_fl  # noqa: F401  registers our model and datasets
 from retinanet_fl.config import load_config
 from retinanet_fl.data.classes import check_model_classes
 from retinanet_fl.engine import Trainer
-from retinanet_fl.export.cpu import PRECISIONS
 from retinanet_fl.export.runtime import ExportedDetector
 
 logger = logging.getLogger(__name__)
@@ -100,7 +99,6 @@ def evaluate_exported(
     opts: List[str],
     output_dir: Optional[str] = None,
     threads: Optional[int] = None,
-    precision: str = "fp32",
 ) -> Dict:
     """
     Evaluate an exported file on the config's ``DATASETS.TEST``.
@@ -111,12 +109,11 @@ def evaluate_exported(
         opts: config overrides, e.g. ``["DATASETS.TEST", "('coco:val.json:images',)"]``.
         output_dir: where the evaluator writes its files (default: the config's OUTPUT_DIR).
         threads: ONNX Runtime's intra-op threads (see :class:`ExportedDetector`).
-        precision: "fp32", or "bf16" for a ``.pt2`` file on a CPU with native bfloat16.
 
     Returns:
         Detectron2's results: dataset name → task → metric (one dataset: task → metric).
     """
-    detector = ExportedDetector(path, intra_op_threads=threads, precision=precision)
+    detector = ExportedDetector(path, intra_op_threads=threads)
     cfg = evaluation_config(config_file, opts, detector.metadata, output_dir)
     check_model_classes(detector.metadata.get("class_names"), path, cfg.DATASETS.TEST)
     precision_name = detector.metadata.get("precision", "fp32")
@@ -138,7 +135,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: cores)"
     )
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help='config overrides, e.g. DATASETS.TEST "(...)"'
     )
@@ -150,9 +146,7 @@ def main(argv=None) -> int:
     setup_logger(name="detectron2", abbrev_name="d2")
     setup_logger(name="retinanet_fl", abbrev_name="retinanet_fl")
     # Trainer.test logs the tables and their "copypaste" lines, as --eval-only does.
-    evaluate_exported(
-        args.exported, args.config_file, args.opts, args.output, args.threads, args.precision
-    )
+    evaluate_exported(args.exported, args.config_file, args.opts, args.output, args.threads)
     return 0
 
 

@@ -2,9 +2,10 @@
 The ``deploy`` part of tools/benchmark.py: CPU inference per image at batch 1 of every deployment
 form against Detectron2's eager RetinaNet fp32, each form's AP beside its time.
 
-Forms: ``detectron2`` and ``ours`` (eager fp32), ``ours_bf16`` (eager under bf16 autocast, on CPUs
-with AVX-512 BF16 or AMX only), ``onnx_fp32`` and ``onnx_int8`` (ONNX Runtime, the int8 file of
-``python -m retinanet_fl.export --quantize int8``) and, where OpenVINO and NNCF are installed,
+Forms: ``detectron2`` and ``ours`` (eager fp32), ``ours_bf16`` and ``pt2_bf16`` (eager under bf16
+autocast and ``--format pt2 --precision bf16``, on CPUs with AVX-512 BF16 or AMX only),
+``onnx_fp32`` and ``onnx_int8`` (ONNX Runtime, the int8 file of ``python -m retinanet_fl.export
+--quantize int8``) and, where OpenVINO and NNCF are installed,
 ``openvino_int8`` (NNCF's post-training quantization of the same fp32 ONNX file; timed, not
 shipped). Times are taken on the benchmark's R-50 with random weights (what they do not depend
 on); the AP on the synthetic validation set, of a trained checkpoint (``--deploy-weights``) in
@@ -49,7 +50,7 @@ def _openvino_int8(fp32_path: str, images: List, threads: int) -> Optional[Calla
 def _exported_forms(model, cfg, size: int, args, directory: str) -> Dict[str, Callable]:
     """Ours exported to fp32 and int8 ONNX (and OpenVINO int8), each loaded from its file."""
     from retinanet_fl.export import ExportableDetector, ExportedDetector, export_metadata
-    from retinanet_fl.export.api import export_onnx
+    from retinanet_fl.export.api import export_onnx, export_pt2
     from retinanet_fl.export.quantize import quantize_onnx_int8
 
     sample = torch.randint(256, (3, size, size), generator=torch.Generator().manual_seed(1))
@@ -63,6 +64,10 @@ def _exported_forms(model, cfg, size: int, args, directory: str) -> Dict[str, Ca
         "onnx_fp32": ExportedDetector(fp32_path, intra_op_threads=args.threads),
         "onnx_int8": ExportedDetector(int8_path, intra_op_threads=args.threads),
     }
+    if has_bf16():
+        bf16_path = os.path.join(directory, f"model_{size}.bf16.pt2")
+        export_pt2(ExportableDetector(model, "bf16"), sample.to(torch.uint8), bf16_path, metadata)
+        forms["pt2_bf16"] = ExportedDetector(bf16_path)
     openvino_int8 = _openvino_int8(fp32_path, images, args.threads)
     if openvino_int8 is not None:
         forms["openvino_int8"] = openvino_int8

@@ -32,6 +32,7 @@ from retinanet_fl.export.api import (
     export_onnx,
     sample_input,
 )
+from retinanet_fl.export.cpu import PRECISIONS
 from retinanet_fl.export.wrapper import ExportableDetector
 
 QUANTIZED_NAME = "model.int8.onnx"
@@ -68,11 +69,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"images of DATASETS.TRAIN to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})",
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: --format pt2 with the backbone and head in bfloat16 (CPUs with AVX-512 BF16 "
+        "or AMX)",
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS model.pth"
     )
     args = parser.parse_args(argv)
     if args.quantize and args.format != "onnx":
         parser.error(f"--quantize int8 makes an ONNX file: use --format onnx, not {args.format}.")
+    if args.precision == "bf16" and args.format != "pt2":
+        parser.error(
+            f"--precision bf16 runs in PyTorch: use --format pt2, not {args.format} (for a faster "
+            "ONNX file: --format onnx --quantize int8)."
+        )
     return args
 
 
@@ -122,7 +135,7 @@ def main(argv=None) -> int:
     if args.quantize:
         path = export_int8(cfg, args.output, args.calibration_images, args.sample_image)
     else:
-        path = export_model(cfg, args.format, args.output, args.sample_image)
+        path = export_model(cfg, args.format, args.output, args.sample_image, args.precision)
     opset = f" (ONNX opset {ONNX_OPSET})" if args.format == "onnx" else ""
     print(f"Exported {cfg.MODEL.WEIGHTS} to {path}{opset}.")
     return 0

@@ -27,6 +27,7 @@ from torch import nn
 from ..data.classes import metadata_for_inference
 from ..data.mapper import read_image
 from ..engine import AtomicCheckpointer
+from .cpu import check_precision, has_bf16
 from .files import write_atomically
 from .wrapper import OUTPUT_NAMES, ExportableDetector, TracedDetector
 
@@ -231,7 +232,11 @@ def build_exportable(cfg: CfgNode) -> nn.Module:
 
 
 def export_model(
-    cfg: CfgNode, export_format: str, output_dir: str, sample_image: Optional[str] = None
+    cfg: CfgNode,
+    export_format: str,
+    output_dir: str,
+    sample_image: Optional[str] = None,
+    precision: str = "fp32",
 ) -> str:
     """
     Build the model of ``cfg``, load ``MODEL.WEIGHTS`` and export it to ``output_dir``.
@@ -239,8 +244,10 @@ def export_model(
     Args:
         cfg: the model's config.
         export_format: "onnx", "pt2" or "torchscript" (legacy).
-        output_dir: gets ``model.onnx``, ``model.pt2`` or ``model.ts``.
+        output_dir: gets ``model.onnx``, ``model.pt2`` (``model.bf16.pt2``) or ``model.ts``.
         sample_image: the image to export with (see :func:`sample_input`).
+        precision: "fp32", or "bf16" (``pt2`` only: the backbone and head under bfloat16
+            autocast, for CPUs with AVX-512 BF16 or AMX).
 
     Returns:
         the exported file's path.
@@ -249,18 +256,32 @@ def export_model(
         raise ValueError(
             f"Unknown export format {export_format!r}; choose one of {sorted(EXPORT_FORMATS)}."
         )
+    if precision != "fp32":
+        if export_format != "pt2":
+            raise ValueError(
+                f"{precision} runs in PyTorch: export it with --format pt2, not {export_format}."
+            )
+        check_precision(precision, flags=frozenset(["avx512_bf16"]))  # a known precision
+        if not has_bf16():
+            logger.warning(
+                "This CPU has no native bfloat16 (neither AVX-512 BF16 nor AMX): the bf16 file is "
+                "refused here; run it on a CPU that has one."
+            )
     if export_format == "onnx":
         _require("onnx", "ONNX export")
         _require("onnxscript", "ONNX export (PyTorch's torch.export-based exporter)")
     model = build_exportable(cfg)
     sample = sample_input(cfg, sample_image).to(model.device)
     os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, EXPORT_FORMATS[export_format])
-    metadata = export_metadata(cfg)
+    name = EXPORT_FORMATS[export_format]
+    if precision != "fp32":
+        name = name.replace(".", f".{precision}.")
+    path = os.path.join(output_dir, name)
+    metadata = {**export_metadata(cfg), "precision": precision}
     if export_format == "torchscript":
         return export_torchscript(model, sample, path, metadata)
     export: Callable = export_onnx if export_format == "onnx" else export_pt2
-    return export(ExportableDetector(model), sample, path, metadata)
+    return export(ExportableDetector(model, precision), sample, path, metadata)
 
 
 def _require(module: str, purpose: str) -> None:

@@ -59,14 +59,15 @@ def check_precision(precision: str, runtime: str = "torch", flags: FrozenSet[str
     if runtime != "torch":
         raise ValueError(
             f"bf16 runs in PyTorch (a checkpoint, or a .pt2 file): {runtime} has no bf16 "
-            "convolutions on the CPU. Export with --format pt2, or use --quantize int8 for a "
-            "faster ONNX file."
+            "convolutions on the CPU. Export with --format pt2 --precision bf16, or use "
+            "--format onnx --quantize int8 for a faster ONNX file."
         )
     if not has_bf16(flags):
         raise ValueError(
             "This CPU has no native bfloat16 (neither AVX-512 BF16 nor AMX in /proc/cpuinfo): "
-            "bf16 would be emulated and slower than fp32. Run in fp32 (the default), or an int8 "
-            "ONNX file (python -m retinanet_fl.export --format onnx --quantize int8)."
+            "bf16 would be emulated and slower than fp32. Run in fp32 (export without "
+            "--precision bf16), or an int8 ONNX file (python -m retinanet_fl.export --format onnx "
+            "--quantize int8)."
         )
 
 

@@ -3,7 +3,6 @@ Run an exported ``model.onnx`` (ONNX Runtime, CPU), ``model.pt2`` (PyTorch) or l
 ``model.ts`` (TorchScript) on images, with the settings stored in the file.
 """
 
-import contextlib
 import json
 import os
 from typing import Dict, Optional, Tuple
@@ -27,16 +26,15 @@ class ExportedDetector:
     scores ``(D,)`` and classes ``(D,)`` as CPU tensors.
     """
 
-    def __init__(self, path: str, intra_op_threads: Optional[int] = None, precision: str = "fp32"):
+    def __init__(self, path: str, intra_op_threads: Optional[int] = None):
         """
         Args:
             path: a file written by ``python -m retinanet_fl.export``: ``.onnx`` (fp32 or int8),
-                ``.pt2`` or ``.ts``.
+                ``.pt2`` (fp32 or bf16) or ``.ts``. A bf16 file is refused on a CPU without
+                native bfloat16 (see :func:`.cpu.check_precision`).
             intra_op_threads: threads of ONNX Runtime's intra-op pool (None: its default, one per
                 physical core). ``.pt2`` and ``.ts`` files run on torch's threads
                 (``torch.set_num_threads``).
-            precision: "fp32", or "bf16" to run a ``.pt2`` file's convolutions in bfloat16 (CPUs
-                with AVX-512 BF16 or AMX; see :func:`.cpu.check_precision`).
         """
         if intra_op_threads is not None and intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be at least 1, got {intra_op_threads}.")
@@ -48,9 +46,7 @@ class ExportedDetector:
             )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Exported model {path!r} does not exist.")
-        check_precision(precision, runtime="ONNX Runtime" if extension == ".onnx" else "torch")
         self.path = path
-        self.precision = precision
         self._session = self._module = None
         if extension == ".onnx":
             self._session, self.metadata = _onnx_session(path, intra_op_threads)
@@ -58,6 +54,8 @@ class ExportedDetector:
             self._module, self.metadata = _load_pt2(path)
         else:
             self._module, self.metadata = _load_torchscript(path)
+        if self.metadata.get("precision") == "bf16":
+            check_precision("bf16")
 
     def __call__(self, image) -> Tuple[Tensor, Tensor, Tensor]:
         """
@@ -75,14 +73,8 @@ class ExportedDetector:
                 f"{image.dtype}."
             )
         if self._module is not None:
-            autocast = (
-                torch.autocast("cpu", dtype=torch.bfloat16)
-                if self.precision == "bf16"
-                else contextlib.nullcontext()
-            )
-            with torch.no_grad(), autocast:
-                boxes, scores, classes = self._module(image)
-            return boxes.float(), scores.float(), classes
+            with torch.no_grad():
+                return self._module(image)
         boxes, scores, classes = self._session.run(None, {INPUT_NAME: image.numpy()})
         return torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes)
 

@@ -37,10 +37,12 @@ class ExportableDetector(nn.Module):
     ``DefaultPredictor``; ``retinanet_fl.predict`` does it.
     """
 
-    def __init__(self, model: DenseDetector):
+    def __init__(self, model: DenseDetector, precision: str = "fp32"):
         """
         Args:
             model: a Detectron2 dense detector (our ``FocalLossRetinaNet``), put in eval mode.
+            precision: "fp32", or "bf16" to run the backbone and the head under bfloat16
+                autocast (the post-processing stays fp32).
         """
         super().__init__()
         if not isinstance(model, DenseDetector) or not hasattr(model, "box2box_transform"):
@@ -48,7 +50,10 @@ class ExportableDetector(nn.Module):
                 f"Export takes a RetinaNet (MODEL.META_ARCHITECTURE 'FocalLossRetinaNet'), got "
                 f"{type(model).__name__}."
             )
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"Unknown precision {precision!r}; choose 'fp32' or 'bf16'.")
         self.model = model
+        self.precision = precision
         self.eval()
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -63,9 +68,12 @@ class ExportableDetector(nn.Module):
             classes: ``(D,)`` int64 class ids.
         """
         height, width = image.shape[1], image.shape[2]
-        features = self.model.backbone(self._normalize_and_pad(image))
-        features = [features[name] for name in self.model.head_in_features]
-        scores, deltas = self.dense_predictions(features)
+        bf16 = self.precision == "bf16"
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            features = self.model.backbone(self._normalize_and_pad(image))
+            features = [features[name] for name in self.model.head_in_features]
+            logits, deltas = self.model.head(features)
+        scores, deltas = self.dense_predictions(logits, deltas)
         anchors = self.grid_anchors(features)
         boxes, scores, classes = self.top_candidates(anchors, scores, deltas)
         boxes, scores, classes = self.class_wise_nms(boxes, scores, classes)
@@ -113,23 +121,28 @@ class ExportableDetector(nn.Module):
             anchors.append((shifts + cells.view(1, -1, 4)).reshape(-1, 4))
         return anchors
 
-    def dense_predictions(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    def dense_predictions(
+        self, logits: List[Tensor], deltas: List[Tensor]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
         """
+        Args:
+            logits, deltas: the head's outputs per level, ``(1, A×K, Hi, Wi)`` and
+                ``(1, A×4, Hi, Wi)``.
+
         Returns:
             per level, the class probabilities ``(Hi×Wi×A, K)`` and the box deltas
-            ``(Hi×Wi×A, 4)`` of the image.
+            ``(Hi×Wi×A, 4)`` of the image, in fp32.
         """
         model = self.model
-        logits, deltas = model.head(features)
         num_logits = model.num_classes + int(getattr(model, "background_logit", False))
         scores = []
         for level_logits in logits:
-            level_logits = per_anchor(level_logits, num_logits)
+            level_logits = per_anchor(level_logits, num_logits).float()
             if num_logits > model.num_classes:  # the softmax head: background last, dropped
                 scores.append(level_logits.softmax(dim=1)[:, : model.num_classes])
             else:
                 scores.append(level_logits.sigmoid())
-        return scores, [per_anchor(level_deltas, 4) for level_deltas in deltas]
+        return scores, [per_anchor(level_deltas, 4).float() for level_deltas in deltas]
 
     def top_candidates(
         self, anchors: List[Tensor], scores: List[Tensor], deltas: List[Tensor]

@@ -7,6 +7,8 @@ implementations can be compared. Rescaling the two prediction convs gives logits
 model's spread (and distinct scores) without changing any code path.
 """
 
+import logging
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -76,3 +78,21 @@ def trained_model(own_coco, tmp_path_factory):
     empty_root = str(tmp_path_factory.mktemp("no_datasets"))
     run_train_net(empty_root, output_dir, opts=opts)
     return CONFIG, str(output_dir / "model_final.pth"), own_coco["train"], own_coco["val"]
+
+
+@pytest.fixture
+def logged(caplog):
+    """``logged(module)``: the text logged by a module's logger, whatever setup_logger did to
+    propagation (Detectron2's stops it at "retinanet_fl")."""
+    attached = []
+
+    def text(module_name: str) -> str:
+        logger = logging.getLogger(module_name)
+        if logger not in attached:
+            logger.addHandler(caplog.handler)
+            attached.append(logger)
+        return caplog.text
+
+    yield text
+    for logger in attached:
+        logger.removeHandler(caplog.handler)

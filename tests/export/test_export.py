@@ -155,13 +155,6 @@ def test_rejects_other_files(tmp_path):
         ExportedDetector(str(tmp_path / "model.pth"))
 
 
-def test_bf16_of_an_onnx_file_is_refused(exported):
-    if not exported.path.endswith(".onnx"):
-        pytest.skip("ONNX only")
-    with pytest.raises(ValueError, match="ONNX Runtime has no bf16 convolutions on the CPU"):
-        ExportedDetector(exported.path, precision="bf16")
-
-
 def test_sample_image_read_in_input_format_and_resized(small_cfg, tmp_path):
     import numpy as np
     from PIL import Image
@@ -175,3 +168,41 @@ def test_sample_image_read_in_input_format_and_resized(small_cfg, tmp_path):
     sample = sample_input(cfg, str(tmp_path / "red.png"))
     assert sample.dtype == torch.uint8 and sample.shape == (3, 50, 100)
     assert sample[2].min() == 255 and sample[0].max() == 0  # BGR: red is the last channel
+
+
+def test_bf16_pt2(small_model, tmp_path, monkeypatch, logged):
+    """Exported anywhere (with a warning where the CPU lacks bf16), refused where it lacks it,
+    and close to fp32 where it has it (emulated here)."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    from retinanet_fl.export import cpu
+
+    model, config_file, weights = small_model
+    logged("retinanet_fl.export.api")
+    argv = ["--config-file", config_file, "--format", "pt2", "--precision", "bf16"]
+    assert export_main(argv + ["--output", str(tmp_path), "MODEL.WEIGHTS", weights]) == 0
+    path = str(tmp_path / "model.bf16.pt2")
+    if not cpu.has_bf16():
+        assert "This CPU has no native bfloat16" in logged("retinanet_fl.export.api")
+        with pytest.raises(ValueError, match="This CPU has no native bfloat16"):
+            ExportedDetector(path)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    detector = ExportedDetector(path)
+    assert detector.metadata["precision"] == "bf16"
+    image = random_image(96, 128, seed=9).to(torch.uint8)
+    boxes, scores, classes = detector(image)
+    with torch.no_grad():
+        expected_boxes, expected_scores, expected_classes = ExportableDetector(model)(image)
+    assert boxes.dtype == scores.dtype == torch.float32 and len(scores) > 0
+    top = slice(0, 5)
+    assert torch.equal(classes[top], expected_classes[top])
+    assert pairwise_iou(Boxes(boxes[top]), Boxes(expected_boxes[top])).diag().min() > 0.9
+    torch.testing.assert_close(scores[top], expected_scores[top], rtol=0, atol=2e-2)
+
+
+def test_bf16_is_for_pt2_only(small_model, tmp_path, capsys):
+    _, config_file, weights = small_model
+    argv = ["--config-file", config_file, "--format", "onnx", "--precision", "bf16"]
+    with pytest.raises(SystemExit):
+        export_main(argv + ["--output", str(tmp_path), "MODEL.WEIGHTS", weights])
+    assert "--precision bf16 runs in PyTorch: use --format pt2, not onnx" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 anything is exported; nothing is left behind."""
 
 import json
-import logging
 import sys
 
 import pytest
@@ -105,10 +104,10 @@ def test_quantize_is_onnx_only(checkpoint, tmp_path, capsys):
     assert "--quantize int8 makes an ONNX file: use --format onnx" in capsys.readouterr().err
 
 
-def test_cpu_without_vnni_warns(caplog):
-    caplog.set_level(logging.WARNING, logger=cpu.__name__)
+def test_cpu_without_vnni_warns(logged):
+    logged(cpu.__name__)
     assert cpu.warn_int8_speed(frozenset({"avx2", "fma"}))
-    assert "This CPU has no VNNI" in caplog.text
+    assert "This CPU has no VNNI" in logged(cpu.__name__)
     assert not cpu.warn_int8_speed(frozenset({"avx2", "avx512_vnni"}))
     assert not cpu.warn_int8_speed(frozenset({"avx2", "avx_vnni"}))
 
