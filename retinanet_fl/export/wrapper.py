@@ -110,11 +110,9 @@ class ExportableDetector(nn.Module):
         anchors = []
         for feature, stride, cells in zip(features, generator.strides, cell_anchors):
             start = generator.offset * stride
-            xs = (
-                torch.arange(feature.shape[3], device=cells.device).to(cells.dtype) * stride + start
-            )
-            ys = (
-                torch.arange(feature.shape[2], device=cells.device).to(cells.dtype) * stride + start
+            xs, ys = (
+                torch.arange(size, device=cells.device).to(cells.dtype) * stride + start
+                for size in (feature.shape[3], feature.shape[2])
             )
             shift_y, shift_x = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([shift_x, shift_y, shift_x, shift_y], dim=-1).reshape(-1, 1, 4)
