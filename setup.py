@@ -20,8 +20,9 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "ruff==0.17.6"],
-        # python -m retinanet_fl.export --format onnx, and running .onnx files (predict, tests)
-        "export": ["onnx", "onnxruntime"],
+        # python -m retinanet_fl.export --format onnx (torch.export-based exporter: onnxscript),
+        # --quantize int8 and running .onnx files (ONNX Runtime: predict, evaluate_exported, tests)
+        "export": ["onnx>=1.16", "onnxscript>=0.4", "onnxruntime>=1.20"],
         # tools/ablation.py and tools/benchmark.py (plots; the benchmark's fvcore and torchvision
         # losses come with Detectron2 and torchvision)
         "tools": ["matplotlib", "PyYAML"],

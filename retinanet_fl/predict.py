@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -32,11 +32,11 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.logger import setup_logger
-from PIL import Image
 
 import retinanet_fl  # noqa: F401  registers our model and datasets
 from retinanet_fl.config import get_cfg, load_config
 from retinanet_fl.data.classes import metadata_for_inference
+from retinanet_fl.data.image_files import list_images
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.evaluation import score_thresholds_from_report
@@ -44,74 +44,12 @@ from retinanet_fl.export.runtime import ExportedDetector
 from retinanet_fl.label_fonts import draw_detections, find_label_fonts
 from retinanet_fl.modeling.tta import DenseDetectorWithTTA
 
-# How many files a message names.
-MAX_FILES_LISTED = 5
 # Pictures of images in other formats (GIF, PSD, ...) are saved as <name>.png.
 PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIDENCE_THRESHOLD = 0.5
-
-
-def image_extensions() -> FrozenSet[str]:
-    """Returns: the file extensions (lower case, with the dot) of the formats Pillow reads."""
-    registered = Image.registered_extensions()  # loads every plugin, filling Image.OPEN
-    # Pillow also registers the extensions of formats it only writes (PDF, Palm); MPO photos are
-    # read by its JPEG reader.
-    readable = set(Image.OPEN) | {"MPO"}
-    return frozenset(
-        extension for extension, image_format in registered.items() if image_format in readable
-    )
-
-
-def _folder_images(folder: str, extensions: FrozenSet[str]) -> List[str]:
-    """The images directly inside a folder, sorted; one warning names the files left out."""
-    taken, left_out = [], []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            continue  # sub-folders are not searched
-        if os.path.splitext(name)[1].lower() in extensions:
-            taken.append(path)
-        else:
-            left_out.append(name)
-    if left_out:
-        more = len(left_out) - MAX_FILES_LISTED
-        logger.warning(
-            f"{folder}: {len(left_out)} files not taken, their extension is not a format Pillow "
-            f"reads: {', '.join(left_out[:MAX_FILES_LISTED])}"
-            + (f" and {more} more" if more > 0 else "")
-            + "."
-        )
-    return taken
-
-
-def list_images(inputs: Sequence[str]) -> List[str]:
-    """
-    Args:
-        inputs: image files and folders (a folder stands for the files directly inside it whose
-            extension is a format Pillow reads; a warning names the others).
-
-    Returns:
-        image paths, folders expanded in sorted order.
-    """
-    extensions = image_extensions()
-    paths = []
-    for path in inputs:
-        if os.path.isdir(path):
-            paths += _folder_images(path, extensions)
-        elif os.path.isfile(path):
-            paths.append(path)
-        else:
-            raise FileNotFoundError(f"Input '{path}' is neither an image file nor a folder.")
-    if not paths:
-        raise FileNotFoundError(
-            f"No images found in {list(inputs)}: a folder's files are taken when their extension "
-            "is a format Pillow reads (.jpg, .png, .tif, .webp, ...: "
-            "PIL.Image.registered_extensions())."
-        )
-    return paths
 
 
 def build_predictor(cfg: CfgNode) -> DefaultPredictor:
@@ -151,11 +89,11 @@ class CheckpointRunner:
 
 
 class ExportedRunner:
-    """A ``.ts`` or ``.onnx`` file of ``retinanet_fl.export``, one image at a time, with the
-    test-time resize and channel order stored in the file."""
+    """A ``.onnx`` (fp32 or int8), ``.pt2`` or ``.ts`` file of ``retinanet_fl.export``, one image
+    at a time, with the test-time resize and channel order stored in the file."""
 
-    def __init__(self, path: str):
-        self.detector = ExportedDetector(path)
+    def __init__(self, path: str, threads: Optional[int] = None):
+        self.detector = ExportedDetector(path, intra_op_threads=threads)
         settings = self.detector.metadata
         self.resize = T.ResizeShortestEdge(settings["min_size_test"], settings["max_size_test"])
         self.input_format = settings["input_format"]
@@ -264,6 +202,7 @@ def predict_images(
     batch_size: int = 1,
     resume: bool = False,
     scale: float = 1.0,
+    threads: Optional[int] = None,
 ) -> PredictionSummary:
     """
     Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn (class
@@ -274,7 +213,7 @@ def predict_images(
 
     Args:
         model: the model's config, with MODEL.WEIGHTS, or the path of a file exported by
-            ``retinanet_fl.export`` (``.ts`` or ``.onnx``).
+            ``retinanet_fl.export`` (``.onnx``, ``.pt2`` or ``.ts``).
         image_paths: the images, in order.
         output_dir: where the pictures and predictions go.
         confidence_threshold: detections scoring below it are neither drawn nor saved; or
@@ -283,13 +222,14 @@ def predict_images(
         batch_size: images per forward pass.
         resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
         scale: size of the pictures relative to the images (> 1 for small images).
+        threads: ONNX Runtime's intra-op threads for an ``.onnx`` file (None: one per core).
 
     Returns:
         the summary: outputs, counts and the unreadable images.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    runner = ExportedRunner(model) if isinstance(model, str) else CheckpointRunner(model)
+    runner = ExportedRunner(model, threads) if isinstance(model, str) else CheckpointRunner(model)
     metadata = runner.metadata
     thresholds = _class_thresholds(confidence_threshold, metadata)
     label_fonts = find_label_fonts(metadata.get("thing_classes", None) or [])
@@ -421,8 +361,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--config-file", help="the config the checkpoint was trained with")
     model.add_argument(
         "--exported",
-        help="a model.ts or model.onnx from python -m retinanet_fl.export, instead of a config "
-        "and MODEL.WEIGHTS",
+        help="a model.onnx, model.int8.onnx, model.pt2 or model.ts from python -m "
+        "retinanet_fl.export, instead of a config and MODEL.WEIGHTS",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads (--exported .onnx)"
     )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument(
@@ -478,6 +421,7 @@ def main(argv=None) -> int:
         threshold,
         batch_size=args.batch_size,
         resume=args.resume,
+        threads=args.threads,
     )
     print(
         f"Predicted {summary.num_predicted} images"

@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from retinanet_fl import predict
+from retinanet_fl.data import image_files
 from retinanet_fl.export.__main__ import main as export_main
 
 
@@ -158,13 +159,17 @@ def test_test_time_augmentation(model_files, image_folder, tmp_path):
 
 @pytest.fixture
 def predict_warnings(caplog, monkeypatch):
-    """The messages predict logs, whatever setup_logger did to its logger."""
-    logger = logging.getLogger(predict.__name__)
-    monkeypatch.setattr(logger, "propagate", False)
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger=predict.__name__)
-    yield lambda: [r.getMessage() for r in caplog.records if r.name == predict.__name__]
-    logger.removeHandler(caplog.handler)
+    """The messages predict and its listing of image files log, whatever setup_logger did to
+    their loggers."""
+    names = (predict.__name__, image_files.__name__)
+    for name in names:
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "propagate", False)
+        logger.addHandler(caplog.handler)
+        caplog.set_level(logging.WARNING, logger=name)
+    yield lambda: [r.getMessage() for r in caplog.records if r.name in names]
+    for name in names:
+        logging.getLogger(name).removeHandler(caplog.handler)
 
 
 def test_folder_gives_every_format_pillow_reads_and_names_the_other_files(
@@ -182,7 +187,6 @@ def test_folder_gives_every_format_pillow_reads_and_names_the_other_files(
 
     assert predict.list_images([str(folder)]) == sorted(str(folder / name) for name in images)
     (warning,) = predict_warnings()
-    print(warning)
     assert warning == (
         f"{folder}: 3 files not taken, their extension is not a format Pillow reads: labels.csv, "
         "model.pth, notes.txt."

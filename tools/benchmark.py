@@ -8,11 +8,14 @@ Times our FocalLossRetinaNet against Detectron2's RetinaNet and torchvision's, i
 
 Parts: ``losses`` (the classification loss alone, forward and backward, against fvcore's and
 torchvision's), ``train`` (a training iteration), ``inference`` (a forward with post-processing),
-``exported`` (ours exported to TorchScript and ONNX and run from the files), ``table1e`` (the
-paper's Table 1e sizes, R-50/R-101-FPN) and ``compile`` (``MODEL.RETINANET_FL.COMPILE`` against
-eager over COCO-like sizes). The models are Detectron2's RetinaNet R-50-FPN config with random
-weights (batch norms calibrated so that activations keep a trained network's scale); ours is the
-same config with ``MODEL.META_ARCHITECTURE`` changed, holding Detectron2's weights.
+``exported`` (ours exported to ONNX, ``.pt2`` and legacy TorchScript and run from the files),
+``table1e`` (the paper's Table 1e sizes, R-50/R-101-FPN), ``compile``
+(``MODEL.RETINANET_FL.COMPILE`` against eager over COCO-like sizes) and ``deploy`` (CPU, an image
+at batch 1: Detectron2's eager fp32 against ours eager fp32 and bf16, fp32 and int8 ONNX, with
+each form's AP; see ``tools/benchmark_deploy.py``). The models are Detectron2's RetinaNet
+R-50-FPN config with random weights (batch norms calibrated so that activations keep a trained
+network's scale); ours is the same config with ``MODEL.META_ARCHITECTURE`` changed, holding
+Detectron2's weights.
 
 Every measured call (a *step*) is built and warmed up first; then each round runs every step of
 every part once, in a shuffled order, so that a change of load hits all of them alike. A setting's
@@ -47,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PARTS = ("losses", "train", "inference", "exported", "table1e", "compile")
+PARTS = ("losses", "train", "inference", "exported", "table1e", "compile", "deploy")
 # Detectron2's model-zoo config that every benchmarked model is built from.
 CONFIG_FILE = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
 LOSS_METHODS = ("ours_compiled", "ours_eager", "fvcore_jit", "fvcore", "torchvision", "logits_copy")
@@ -374,12 +377,14 @@ def _export(model: nn.Module, cfg, size: int, formats: Sequence[str], threads: i
         ExportedDetector,
         export_metadata,
         export_onnx,
+        export_pt2,
         export_torchscript,
     )
 
     exporters = {
-        "torchscript": (export_torchscript, "model.ts"),
-        "onnxruntime": (export_onnx, "model.onnx"),
+        "torchscript": (lambda m, *rest: export_torchscript(m, *rest), "model.ts"),
+        "pt2": (lambda m, *rest: export_pt2(ExportableDetector(m), *rest), "model.pt2"),
+        "onnxruntime": (lambda m, *rest: export_onnx(ExportableDetector(m), *rest), "model.onnx"),
     }
     sample = make_batch(1, size, 1, 0, seed, "cpu")[0]["image"]
     loaded, files = {}, {}
@@ -390,7 +395,7 @@ def _export(model: nn.Module, cfg, size: int, formats: Sequence[str], threads: i
             # Tracing warns about every Python value it freezes; the export tests check the graph.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                export(ExportableDetector(model), sample, path, export_metadata(cfg))
+                export(model, sample, path, export_metadata(cfg))
             export_s, start = time.perf_counter() - start, time.perf_counter()
             loaded[name] = ExportedDetector(path, intra_op_threads=threads)
             files[name] = {
@@ -402,16 +407,17 @@ def _export(model: nn.Module, cfg, size: int, formats: Sequence[str], threads: i
 
 
 def _exported_formats(args: argparse.Namespace) -> List[str]:
-    """The exported models to run: TorchScript, and ONNX Runtime where it is installed."""
+    """The exported models to run: .pt2, TorchScript, and ONNX Runtime where it is installed."""
     if "exported" not in args.parts or args.device != "cpu":
         return []
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
     except ImportError:
         print("Not timing ONNX Runtime: pip install -e '.[export]' (or make install).")
-        return ["torchscript"]
-    return ["torchscript", "onnxruntime"]
+        return ["pt2", "torchscript"]
+    return ["pt2", "torchscript", "onnxruntime"]
 
 
 def _detections(outputs: Any) -> List[int]:
@@ -684,12 +690,20 @@ def allocator_peak(fn: Callable[[], Any]) -> int:
     )
 
 
+def deploy_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
+    """Deployment forms on the CPU, an image at batch 1: see tools/benchmark_deploy.py."""
+    import benchmark_deploy
+
+    return benchmark_deploy.deploy_cases(args, device, sys.modules[__name__])
+
+
 BUILDERS = {
     "losses": losses_cases,
     "train": train_cases,
     "inference": inference_cases,
     "table1e": table1e_cases,
     "compile": compile_cases,
+    "deploy": deploy_cases,
 }
 
 
@@ -933,6 +947,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--depth", type=int, default=50, choices=[18, 34, 50, 101], help="ResNet of the models")
     add("--num-classes", type=int, default=80)
     add("--ours-opts", nargs="+", default=[], metavar="KEY VALUE", help="our model's overrides")
+    add(
+        "--deploy-config",
+        default="configs/synthetic/retinanet_R18_FPN_synthetic.yaml",
+        help="deploy: the config of --deploy-weights",
+    )
+    add(
+        "--deploy-weights",
+        default="",
+        help="deploy: a trained checkpoint whose AP each form reports on synthetic_val "
+        "(e.g. the demo's output/demo/model_final.pth); none: times only",
+    )
+    add("--deploy-calibration-images", type=int, default=100, help="deploy: int8 calibration")
     add("--no-memory", dest="memory", action="store_false", help="skip the memory measures")
     add("--seed", type=int, default=0)
     add("--output-dir", type=Path, default=Path("benchmarks/results"))

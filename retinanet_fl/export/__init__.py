@@ -1,11 +1,14 @@
-"""TorchScript and ONNX export of the whole detector, and running the exported files."""
+"""ONNX (fp32 or int8) and ExportedProgram export of the whole detector, and running the files."""
 
 from .api import (
     EXPORT_FORMATS,
     ONNX_OPSET,
+    build_exportable,
     export_metadata,
     export_model,
     export_onnx,
+    export_program,
+    export_pt2,
     export_torchscript,
     sample_input,
 )
@@ -18,9 +21,12 @@ __all__ = [
     "ONNX_OPSET",
     "ExportableDetector",
     "ExportedDetector",
+    "build_exportable",
     "export_metadata",
     "export_model",
     "export_onnx",
+    "export_program",
+    "export_pt2",
     "export_torchscript",
     "sample_input",
 ]

@@ -7,6 +7,8 @@ implementations can be compared. Rescaling the two prediction convs gives logits
 model's spread (and distinct scores) without changing any code path.
 """
 
+import logging
+
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -18,6 +20,8 @@ from retinanet_fl.model_zoo import get_config_file
 # Logit and delta spreads of the rescaled head.
 _LOGIT_STD = 1.5
 _DELTA_STD = 0.3
+# Training iterations of `trained_model`: enough for detections scoring above 0.5.
+TRAINED_ITERATIONS = 150
 
 
 @torch.no_grad()
@@ -55,3 +59,40 @@ def r50_model():
     )
     torch.manual_seed(0)
     return unsaturate_head(build_model(cfg).eval(), random_image(128, 160))
+
+
+@pytest.fixture(scope="session")
+def trained_model(own_coco, tmp_path_factory):
+    """
+    A model briefly trained by train_net.py on the user's dataset given by path (16 images of
+    64 px), for the deployment tests: (config file, checkpoint, train split, val split).
+    """
+    from ..test_train_net import CONFIG, run_train_net
+
+    output_dir = tmp_path_factory.mktemp("deploy_run")
+    opts = [
+        *("DATASETS.TRAIN", f"('{own_coco['train']}',)"),
+        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
+        *("SOLVER.MAX_ITER", str(TRAINED_ITERATIONS), "SOLVER.BASE_LR", "0.003"),
+    ]
+    empty_root = str(tmp_path_factory.mktemp("no_datasets"))
+    run_train_net(empty_root, output_dir, opts=opts)
+    return CONFIG, str(output_dir / "model_final.pth"), own_coco["train"], own_coco["val"]
+
+
+@pytest.fixture
+def logged(caplog):
+    """``logged(module)``: the text logged by a module's logger, whatever setup_logger did to
+    propagation (Detectron2's stops it at "retinanet_fl")."""
+    attached = []
+
+    def text(module_name: str) -> str:
+        logger = logging.getLogger(module_name)
+        if logger not in attached:
+            logger.addHandler(caplog.handler)
+            attached.append(logger)
+        return caplog.text
+
+    yield text
+    for logger in attached:
+        logger.removeHandler(caplog.handler)

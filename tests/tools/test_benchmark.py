@@ -49,6 +49,8 @@ def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
         "--ours-opts",
         "MODEL.RETINANET_FL.LOSS_KERNEL",
         "eager",
+        "--deploy-calibration-images",
+        "2",
         "--threads",
         "2",
         "--output-dir",
@@ -71,6 +73,13 @@ def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
     # Score threshold 0: every model keeps its most detections, the exported file as the eager one.
     detections = {name: step["first_output"] for name, step in inference["steps"].items()}
     assert detections["torchscript"] == detections["ours"]
+    assert detections["pt2"] == detections["ours"]
+    deploy = cases["deploy", "64 px, batch 1, CPU"]
+    assert {"detectron2", "ours", "onnx_fp32", "onnx_int8"} <= set(deploy["steps"])
+    assert ("ours_bf16" in deploy["steps"]) == deploy["info"]["cpu_bf16"]
+    assert {(r["a"], r["b"]) for r in deploy["ratios"]} >= {("onnx_int8", "detectron2")}
+    deployed = {name: step["first_output"] for name, step in deploy["steps"].items()}
+    assert deployed["onnx_fp32"] == deployed["ours"] == deployed["detectron2"]
     losses = cases["losses", "R = 2,000 x K = 3, fp32"]["steps"]
     gradients = [s["first_output"] for n, s in losses.items() if n != "logits_copy"]
     assert gradients == pytest.approx([gradients[0]] * len(gradients), rel=1e-4)
