@@ -41,34 +41,27 @@ __all__ = [
 ]
 
 
+def _finite_nonnegative(value: float, name: str, meaning: str) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 ({meaning}), got {value}.")
+    return float(value)
+
+
 def check_quality_beta(beta: float, name: str = "beta") -> float:
     """The QFL β: finite and >= 0 (0: binary cross entropy with the soft targets)."""
-    if not (math.isfinite(beta) and beta >= 0):
-        raise ValueError(
-            f"{name} must be a finite number >= 0 (the paper: 2; 0 gives binary cross entropy "
-            f"with the soft targets), got {beta}."
-        )
-    return float(beta)
+    return _finite_nonnegative(
+        beta, name, "the paper: 2; 0 gives binary cross entropy with the soft targets"
+    )
 
 
 def check_varifocal_alpha(alpha: float, name: str = "alpha") -> float:
     """The VFL α, the weight of the negatives: finite and >= 0."""
-    if not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(
-            f"{name} must be a finite number >= 0 (the weight of the negatives; the paper: "
-            f"0.75), got {alpha}."
-        )
-    return float(alpha)
+    return _finite_nonnegative(alpha, name, "the weight of the negatives; the paper: 0.75")
 
 
 def check_varifocal_gamma(gamma: float, name: str = "gamma") -> float:
     """The VFL γ, the focusing exponent of the negatives: finite and >= 0."""
-    if not (math.isfinite(gamma) and gamma >= 0):
-        raise ValueError(
-            f"{name} must be a finite number >= 0 (the focusing exponent of the negatives; the "
-            f"paper: 2), got {gamma}."
-        )
-    return float(gamma)
+    return _finite_nonnegative(gamma, name, "the focusing exponent of the negatives; the paper: 2")
 
 
 # ---------------------------------------------------------------------------------------------
