@@ -107,7 +107,7 @@ def test_import_registers_the_model_losses_and_datasets_and_nothing_else(dataset
         "assert 'FocalLossRetinaNet' in META_ARCH_REGISTRY\n"
         "assert 'OctaveAnchorGenerator' in ANCHOR_GENERATOR_REGISTRY\n"
         "assert {name for name, _ in CLS_LOSS_REGISTRY} == "
-        "{'focal', 'focal_star', 'ce', 'softmax_focal', 'ohem'}\n"
+        "{'focal', 'focal_star', 'ce', 'softmax_focal', 'ohem', 'quality_focal', 'varifocal'}\n"
         "assert {'synthetic_train', 'synthetic_val'} <= set(DatasetCatalog.list())\n"
         "assert not [p for p in PathManager._path_handlers if p.startswith('synthetic-')]\n"
         # $DETECTRON2_DATASETS is read when a dataset is loaded, not at import.

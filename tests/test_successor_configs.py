@@ -62,6 +62,10 @@ def test_configs_change_only_the_assignment_the_loss_and_the_box_loss(name):
     assert changes_from_the_paper_config(name) == VARIANTS[name]
 
 
+# Export and prediction do not depend on the loss or the assignment: one variant runs them.
+EXPORTED_VARIANT = "retinanet_R50_FPN_atss_vfl.yaml"
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_trains_evaluates_exports_and_predicts(name, datasets_root, tmp_path):
     # The synthetic config with the variant's changes, a few iterations.
@@ -75,6 +79,8 @@ def test_variant_trains_evaluates_exports_and_predicts(name, datasets_root, tmp_
     trained = flat_config(config_file)
     assert all(trained[key] == value for key, value in VARIANTS[name].items())
 
+    if name != EXPORTED_VARIANT:
+        return
     weights = str(train_dir / "model_final.pth")
     argv = ["--config-file", config_file, "--format", "onnx", "--output", str(tmp_path / "onnx")]
     assert export_main([*argv, "MODEL.WEIGHTS", weights]) == 0
