@@ -54,11 +54,13 @@ class ValidationLoss(HookBase):
         Args:
             eval_period: ``TEST.EVAL_PERIOD``.
             model: the trained model (DistributedDataParallel or not).
-            data_loader: makes a loader of validation batches with their instances.
+            data_loader: makes a loader of validation batches with their instances; called at
+                the first evaluation, and its loader reused at the others.
         """
         self._period = eval_period
         self._model = model
-        self._data_loader = data_loader
+        self._build_data_loader = data_loader
+        self._data_loader: Optional[Iterable] = None
 
     def after_step(self):
         if is_evaluation_iteration(self.trainer.iter, self._period, self.trainer.max_iter):
@@ -86,7 +88,9 @@ class ValidationLoss(HookBase):
         num_batches = 0
         try:
             with torch.no_grad():
-                for batch in self._data_loader():
+                if self._data_loader is None:
+                    self._data_loader = self._build_data_loader()
+                for batch in self._data_loader:
                     loss_dict = model(batch)
                     for key, value in loss_dict.items():
                         sums[key] = sums.get(key, 0.0) + float(value)

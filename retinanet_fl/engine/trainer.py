@@ -214,9 +214,7 @@ class Trainer(DefaultTrainer, _StoppableTrainLoop):
             batches of one image of ``dataset_name`` with its instances, resized as at test time
             and not augmented: what the validation losses are computed on.
         """
-        with explain_missing_dataset([dataset_name]):
-            loaded = [load_dataset_dicts(dataset_name)]
-        dataset = prepare_dataset_dicts(loaded, filter_empty=False)
+        dataset = cls.build_test_dataset(cfg, dataset_name)
         resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         mapper = RobustDatasetMapper(cfg, True, dataset_size=len(dataset))
         mapper.augmentations = T.AugmentationList([resize])
@@ -273,11 +271,19 @@ class Trainer(DefaultTrainer, _StoppableTrainLoop):
         return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
 
     @classmethod
-    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+    def build_test_dataset(cls, cfg: CfgNode, dataset_name: str) -> List[Dict]:
+        """
+        Returns:
+            the dataset dicts of a test set, checked and sanitised (images without boxes kept).
+        """
         with explain_missing_dataset([dataset_name]):
             loaded = [load_dataset_dicts(dataset_name)]
         check_num_classes(cfg, [dataset_name])
-        dataset = prepare_dataset_dicts(loaded, filter_empty=False)
+        return prepare_dataset_dicts(loaded, filter_empty=False)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        dataset = cls.build_test_dataset(cfg, dataset_name)
         return build_detection_test_loader(
             dataset, mapper=RobustDatasetMapper(cfg, False), num_workers=cfg.DATALOADER.NUM_WORKERS
         )
