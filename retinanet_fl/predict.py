@@ -7,6 +7,7 @@ pictures of its detections and a JSON of its boxes.
         --input img1.jpg img2.jpg (or a folder) --output out/ \
         MODEL.WEIGHTS output/synthetic/model_final.pth
     python -m retinanet_fl.predict --exported exported/model.onnx --input ... --output out/
+    python -m retinanet_fl.predict --config-file ... --precision bf16 ...   (AVX-512 BF16 / AMX)
 
 Config overrides (KEY VALUE, e.g. MODEL.WEIGHTS model.pth) may go anywhere on the command line. A
 folder stands for the files directly inside it whose extension is a format Pillow reads.
@@ -40,6 +41,7 @@ from retinanet_fl.data.image_files import list_images
 from retinanet_fl.data.mapper import read_image
 from retinanet_fl.engine import AtomicCheckpointer
 from retinanet_fl.evaluation import score_thresholds_from_report
+from retinanet_fl.export.cpu import PRECISIONS, check_precision
 from retinanet_fl.export.runtime import ExportedDetector
 from retinanet_fl.label_fonts import draw_detections, find_label_fonts
 from retinanet_fl.modeling.tta import DenseDetectorWithTTA
@@ -64,9 +66,13 @@ def build_predictor(cfg: CfgNode) -> DefaultPredictor:
 
 class CheckpointRunner:
     """The eager model of a config and its MODEL.WEIGHTS, on batches of BGR images; with
-    ``TEST.AUG.ENABLED``, test-time augmentation of each original image."""
+    ``TEST.AUG.ENABLED``, test-time augmentation of each original image; with ``precision``
+    "bf16", under bfloat16 autocast."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}; choose one of {list(PRECISIONS)}.")
+        self.bf16 = precision == "bf16"
         self.predictor = build_predictor(cfg)
         self.tta = DenseDetectorWithTTA(cfg, self.predictor.model) if cfg.TEST.AUG.ENABLED else None
         self.metadata = metadata_for_inference(cfg)
@@ -78,7 +84,8 @@ class CheckpointRunner:
         predictor = self.predictor
         if predictor.input_format == "RGB":
             images_bgr = [image[:, :, ::-1] for image in images_bgr]
-        with torch.no_grad():
+        device_type = predictor.model.device.type
+        with torch.no_grad(), torch.autocast(device_type, torch.bfloat16, enabled=self.bf16):
             if self.tta is not None:
                 # The augmentation resizes the original image itself.
                 outputs = self.tta([_original_inputs(image) for image in images_bgr])
@@ -128,6 +135,12 @@ class PredictionSummary:
     num_predicted: int
     num_resumed: int
     unreadable: List[str]
+    model_seconds: float
+
+    @property
+    def seconds_per_image(self) -> float:
+        """The model's mean time per predicted image (reading and drawing not included)."""
+        return self.model_seconds / max(self.num_predicted, 1)
 
 
 def _model_inputs(predictor: DefaultPredictor, image: np.ndarray) -> Dict:
@@ -203,6 +216,7 @@ def predict_images(
     resume: bool = False,
     scale: float = 1.0,
     threads: Optional[int] = None,
+    precision: str = "fp32",
 ) -> PredictionSummary:
     """
     Run the model on each image; save ``<output_dir>/<name>`` with the detections drawn (class
@@ -223,13 +237,23 @@ def predict_images(
         resume: skip the images already in ``predictions.jsonl`` (an interrupted run's).
         scale: size of the pictures relative to the images (> 1 for small images).
         threads: ONNX Runtime's intra-op threads for an ``.onnx`` file (None: one per core).
+        precision: "fp32", or "bf16" for a checkpoint run under bfloat16 autocast (fast on CPUs
+            with AVX-512 BF16 or AMX only; an exported file's precision was fixed at export).
 
     Returns:
         the summary: outputs, counts and the unreadable images.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    runner = ExportedRunner(model, threads) if isinstance(model, str) else CheckpointRunner(model)
+    if isinstance(model, str):
+        if precision != "fp32":
+            raise ValueError(
+                f"An exported file runs in the precision it was exported in, not {precision!r}: "
+                "export it with python -m retinanet_fl.export --format pt2 --precision bf16."
+            )
+        runner = ExportedRunner(model, threads)
+    else:
+        runner = CheckpointRunner(model, precision)
     metadata = runner.metadata
     thresholds = _class_thresholds(confidence_threshold, metadata)
     label_fonts = find_label_fonts(metadata.get("thing_classes", None) or [])
@@ -239,6 +263,7 @@ def predict_images(
     finished = {record["file_name"] for record in records}
     todo = [path for path in image_paths if path not in finished]
     unreadable: List[str] = []
+    model_seconds = 0.0
     progress = _Progress(len(todo))
     with open(lines_path, "a" if records else "w") as lines:
         for start in range(0, len(todo), batch_size):
@@ -249,7 +274,9 @@ def predict_images(
                 except OSError as error:
                     logger.warning(f"Skipped: {error}")
                     unreadable.append(path)
+            start_s = time.perf_counter()
             outputs = runner(list(images.values()))
+            model_seconds += time.perf_counter() - start_s
             for (path, image_bgr), instances in zip(images.items(), outputs):
                 per_class = thresholds[instances.pred_classes] if thresholds.dim() else thresholds
                 instances = instances[instances.scores >= per_class]
@@ -264,7 +291,8 @@ def predict_images(
     json_path = os.path.join(output_dir, "predictions.json")
     with open(json_path, "w") as f:
         json.dump(records, f, indent=1)
-    return PredictionSummary(json_path, len(records) - len(finished), len(finished), unreadable)
+    num_predicted = len(records) - len(finished)
+    return PredictionSummary(json_path, num_predicted, len(finished), unreadable, model_seconds)
 
 
 def _class_thresholds(
@@ -367,6 +395,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime threads (--exported .onnx)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: run the checkpoint under bfloat16 autocast (CPUs with AVX-512 BF16 or AMX)",
+    )
     parser.add_argument("--input", nargs="+", required=True, help="image files or folders")
     parser.add_argument(
         "--output", required=True, help="folder for the pictures and predictions.json"
@@ -409,23 +443,33 @@ def main(argv=None) -> int:
         model = load_config(args.config_file, args.opts, for_inference=True)
         if not model.MODEL.WEIGHTS:
             raise SystemExit("error: give the checkpoint to run as MODEL.WEIGHTS path/to/model.pth")
+        if model.MODEL.DEVICE == "cpu":
+            try:
+                check_precision(args.precision)
+            except ValueError as error:
+                raise SystemExit(f"error: {error}") from None
     threshold = args.confidence_threshold
     if threshold == "auto":
         threshold = _report_thresholds(
             args.report, args.exported if args.exported else model.MODEL.WEIGHTS
         )
-    summary = predict_images(
-        model,
-        list_images(args.input),
-        args.output,
-        threshold,
-        batch_size=args.batch_size,
-        resume=args.resume,
-        threads=args.threads,
-    )
+    try:
+        summary = predict_images(
+            model,
+            list_images(args.input),
+            args.output,
+            threshold,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            threads=args.threads,
+            precision=args.precision,
+        )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     print(
         f"Predicted {summary.num_predicted} images"
         + (f" ({summary.num_resumed} done before, resumed)" if summary.num_resumed else "")
+        + f", {1000 * summary.seconds_per_image:.0f} ms per image in the model"
         + f"; pictures and {summary.json_path} in {args.output}."
     )
     if summary.unreadable:

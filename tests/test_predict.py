@@ -13,6 +13,7 @@ from PIL import Image
 from retinanet_fl import predict
 from retinanet_fl.data import image_files
 from retinanet_fl.export.__main__ import main as export_main
+from retinanet_fl.export.cpu import has_bf16
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +218,40 @@ def test_config_overrides_anywhere_on_the_command_line(
     results = read_json(tmp_path / "out" / "predictions.json")
     assert sorted(results) == ["1.png", "IMG_0001.JPG"]
     assert all(len(detections) > 0 for detections in results.values())
+
+
+def test_bf16_scores_are_fp32_scores_to_bfloat16_precision(model_files, image_folder, tmp_path):
+    config_file, weights = model_files
+    cfg = predict.load_config(config_file, ["MODEL.WEIGHTS", weights], for_inference=True)
+    good = [str(image_folder / f"{i}.png") for i in range(2)]
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / precision
+        summary = predict.predict_images(cfg, good, str(output), 0.0, precision=precision)
+        assert summary.num_predicted == 2 and summary.seconds_per_image > 0
+        results = read_json(output / "predictions.json")
+        scores[precision] = {name: [d["score"] for d in results[name]] for name in good}
+    for name in good:
+        # bfloat16 keeps 8 bits of mantissa: the scores move, by little, and a box near the
+        # NMS threshold may come or go, so the highest scores are compared.
+        fp32, bf16 = (np.sort(scores[p][name])[::-1][:10] for p in ("fp32", "bf16"))
+        assert len(fp32) == len(bf16) == 10
+        assert not np.array_equal(fp32, bf16)
+        np.testing.assert_allclose(bf16, fp32, atol=0.02)
+
+
+def test_bf16_needs_a_cpu_that_has_it(model_files, image_folder, tmp_path, capsys):
+    good = [str(image_folder / "0.png")]
+    if has_bf16():
+        assert run(model_files, good, tmp_path / "out", "--precision", "bf16") == 0
+        assert "ms per image in the model" in capsys.readouterr().out
+        return
+    with pytest.raises(SystemExit, match="no native bfloat16.*leave out --precision bf16"):
+        run(model_files, good, tmp_path / "out", "--precision", "bf16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_exported_file_keeps_its_precision(image_folder, tmp_path):
+    argv = ["--exported", str(tmp_path / "model.onnx"), "--input", str(image_folder / "0.png")]
+    with pytest.raises(SystemExit, match="precision it was exported in.*--precision bf16"):
+        predict.main(argv + ["--output", str(tmp_path / "out"), "--precision", "bf16"])

@@ -65,8 +65,8 @@ def check_precision(precision: str, runtime: str = "torch", flags: FrozenSet[str
     if not has_bf16(flags):
         raise ValueError(
             "This CPU has no native bfloat16 (neither AVX-512 BF16 nor AMX in /proc/cpuinfo): "
-            "bf16 would be emulated and slower than fp32. Run in fp32 (export without "
-            "--precision bf16), or an int8 ONNX file (python -m retinanet_fl.export --format onnx "
+            "bf16 would be emulated and slower than fp32. Run in fp32 (leave out --precision "
+            "bf16), or an int8 ONNX file (python -m retinanet_fl.export --format onnx "
             "--quantize int8)."
         )
 
