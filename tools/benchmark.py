@@ -12,7 +12,9 @@ torchvision's), ``train`` (a training iteration), ``inference`` (a forward with 
 ``table1e`` (the paper's Table 1e sizes, R-50/R-101-FPN), ``compile``
 (``MODEL.RETINANET_FL.COMPILE`` against eager over COCO-like sizes) and ``deploy`` (CPU, an image
 at batch 1: Detectron2's eager fp32 against ours eager fp32 and bf16, fp32 and int8 ONNX, with
-each form's AP; see ``tools/benchmark_deploy.py``). The models are Detectron2's RetinaNet
+each form's AP; see ``tools/benchmark_deploy.py``) and ``successors`` (a training iteration and
+an inference of each row of the successors table, ATSS, QFL and VFL, against FL's; see
+``tools/benchmark_successors.py``). The models are Detectron2's RetinaNet
 R-50-FPN config with random weights (batch norms calibrated so that activations keep a trained
 network's scale); ours is the same config with ``MODEL.META_ARCHITECTURE`` changed, holding
 Detectron2's weights.
@@ -50,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PARTS = ("losses", "train", "inference", "exported", "table1e", "compile", "deploy")
+PARTS = ("losses", "train", "inference", "exported", "table1e", "compile", "deploy", "successors")
 # Detectron2's model-zoo config that every benchmarked model is built from.
 CONFIG_FILE = "COCO-Detection/retinanet_R_50_FPN_1x.yaml"
 LOSS_METHODS = ("ours_compiled", "ours_eager", "fvcore_jit", "fvcore", "torchvision", "logits_copy")
@@ -697,6 +699,13 @@ def deploy_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
     return benchmark_deploy.deploy_cases(args, device, sys.modules[__name__])
 
 
+def successors_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
+    """The focal loss's successors against it: see tools/benchmark_successors.py."""
+    import benchmark_successors
+
+    return benchmark_successors.successors_cases(args, device, sys.modules[__name__])
+
+
 BUILDERS = {
     "losses": losses_cases,
     "train": train_cases,
@@ -704,6 +713,7 @@ BUILDERS = {
     "table1e": table1e_cases,
     "compile": compile_cases,
     "deploy": deploy_cases,
+    "successors": successors_cases,
 }
 
 

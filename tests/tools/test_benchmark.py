@@ -80,6 +80,16 @@ def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
     assert {(r["a"], r["b"]) for r in deploy["ratios"]} >= {("onnx_int8", "detectron2")}
     deployed = {name: step["first_output"] for name, step in deploy["steps"].items()}
     assert deployed["onnx_fp32"] == deployed["ours"] == deployed["detectron2"]
+    successors = cases["successors", "64 px, batch 2, train"]
+    rows = ["fl", "fl_atss", "qfl_atss", "vfl_atss", "vfl_atss_one_anchor"]
+    assert list(successors["steps"]) == rows
+    assert [(r["a"], r["b"]) for r in successors["ratios"]] == [(row, "fl") for row in rows[1:]]
+    # The FL row is the train part's model; QFL and VFL share ATSS's boxes and GIoU.
+    row_losses = {name: step["first_output"] for name, step in successors["steps"].items()}
+    assert row_losses["fl"] == first["ours"]
+    assert row_losses["qfl_atss"]["loss_box_reg"] == row_losses["vfl_atss"]["loss_box_reg"]
+    assert row_losses["fl_atss"]["loss_cls"] != row_losses["fl"]["loss_cls"]
+    assert list(cases["successors", "64 px, batch 1, inference"]["steps"]) == rows
     losses = cases["losses", "R = 2,000 x K = 3, fp32"]["steps"]
     gradients = [s["first_output"] for n, s in losses.items() if n != "logits_copy"]
     assert gradients == pytest.approx([gradients[0]] * len(gradients), rel=1e-4)
