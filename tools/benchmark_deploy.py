@@ -15,7 +15,7 @@ each form, evaluated as ``train_net.py --eval-only`` does.
 import functools
 import os
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ from retinanet_fl.export.cpu import cpu_flags, has_bf16, has_vnni
 DEPLOY_DATASET = "synthetic_val"
 
 
-def _calibration_images(size: int, count: int, seed: int) -> List:
+def calibration_noise(size: int, count: int, seed: int) -> List:
     """Noise images for the timing model's calibration: its speed does not depend on them."""
     generator = torch.Generator().manual_seed(seed)
     return [
@@ -47,26 +47,46 @@ def _openvino_int8(fp32_path: str, images: List, threads: int) -> Optional[Calla
     return lambda image: list(compiled({"image": image.numpy()}).values())
 
 
-def _exported_forms(model, cfg, size: int, args, directory: str) -> Dict[str, Callable]:
-    """Ours exported to fp32 and int8 ONNX (and OpenVINO int8), each loaded from its file."""
-    from retinanet_fl.export import ExportableDetector, ExportedDetector, export_metadata
-    from retinanet_fl.export.api import export_onnx, export_pt2
+def _sample(size: int) -> torch.Tensor:
+    """The uint8 image the exporters trace with."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(256, (3, size, size), generator=generator).to(torch.uint8)
+
+
+def onnx_files(model, cfg, size: int, calibration_images: List, directory: str) -> Tuple[str, str]:
+    """
+    Returns:
+        the paths of ``model`` exported to fp32 ONNX and quantized to int8 on
+        ``calibration_images``, as ``python -m retinanet_fl.export`` writes them, in ``directory``.
+    """
+    from retinanet_fl.export import ExportableDetector, export_metadata
+    from retinanet_fl.export.api import export_onnx
     from retinanet_fl.export.quantize import quantize_onnx_int8
 
-    sample = torch.randint(256, (3, size, size), generator=torch.Generator().manual_seed(1))
     fp32_path = os.path.join(directory, f"model_{size}.onnx")
     int8_path = os.path.join(directory, f"model_{size}.int8.onnx")
     metadata = export_metadata(cfg)
-    export_onnx(ExportableDetector(model), sample.to(torch.uint8), fp32_path, metadata)
-    images = _calibration_images(size, args.deploy_calibration_images, args.seed)
-    quantize_onnx_int8(fp32_path, int8_path, images, metadata)
+    export_onnx(ExportableDetector(model), _sample(size), fp32_path, metadata)
+    quantize_onnx_int8(fp32_path, int8_path, calibration_images, metadata)
+    return fp32_path, int8_path
+
+
+def _exported_forms(model, cfg, size: int, args, directory: str) -> Dict[str, Callable]:
+    """Ours exported to fp32 and int8 ONNX (and OpenVINO int8), each loaded from its file."""
+    from retinanet_fl.export import ExportableDetector, ExportedDetector, export_metadata
+    from retinanet_fl.export.api import export_pt2
+
+    images = calibration_noise(size, args.deploy_calibration_images, args.seed)
+    fp32_path, int8_path = onnx_files(model, cfg, size, images, directory)
     forms = {
         "onnx_fp32": ExportedDetector(fp32_path, intra_op_threads=args.threads),
         "onnx_int8": ExportedDetector(int8_path, intra_op_threads=args.threads),
     }
     if has_bf16():
         bf16_path = os.path.join(directory, f"model_{size}.bf16.pt2")
-        export_pt2(ExportableDetector(model, "bf16"), sample.to(torch.uint8), bf16_path, metadata)
+        export_pt2(
+            ExportableDetector(model, "bf16"), _sample(size), bf16_path, export_metadata(cfg)
+        )
         forms["pt2_bf16"] = ExportedDetector(bf16_path)
     openvino_int8 = _openvino_int8(fp32_path, images, args.threads)
     if openvino_int8 is not None:
