@@ -185,3 +185,57 @@ def own_coco(tmp_path_factory):
     root = tmp_path_factory.mktemp("own_coco")
     generate_synthetic_coco(str(root / "images"), num_train=16, num_val=4, image_size=64, seed=5)
     return {split: _write_own_coco(str(root / "images"), str(root), split) for split in SPLITS}
+
+
+# Training iterations of `own_trained`: enough for detections scoring above 0.5 (the int8 tests
+# compare those).
+OWN_TRAINED_ITERATIONS = 150
+
+
+@pytest.fixture(scope="session")
+def own_trained(own_coco, tmp_path_factory):
+    """
+    train_net.py on the user's dataset given by path (``own_coco``), with nothing under
+    DETECTRON2_DATASETS: (output dir, log). One model for the own-data and deployment tests.
+    """
+    from .test_train_net import run_train_net
+
+    output_dir = tmp_path_factory.mktemp("own_trained")
+    empty_root = str(tmp_path_factory.mktemp("no_datasets"))
+    opts = [
+        *("DATASETS.TRAIN", f"('{own_coco['train']}',)"),
+        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
+        *("SOLVER.MAX_ITER", str(OWN_TRAINED_ITERATIONS), "SOLVER.BASE_LR", "0.003"),
+    ]
+    return output_dir, run_train_net(empty_root, output_dir, opts=opts)
+
+
+# Calibration images of `own_deployed`'s int8 file.
+OWN_CALIBRATION_IMAGES = 8
+
+
+@pytest.fixture(scope="session")
+def own_deployed(own_trained, own_coco, tmp_path_factory):
+    """
+    ``own_trained`` exported by the command line with ``--quantize int8``, calibrated on the
+    user's dataset given by path: (fp32 ``model.onnx``, int8 ``model.int8.onnx``).
+    """
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from retinanet_fl.export.__main__ import main as export_main
+
+    from .test_train_net import CONFIG, TINY_OPTS
+
+    output_dir, _ = own_trained
+    out = tmp_path_factory.mktemp("deployed")
+    argv = ["--config-file", CONFIG, "--format", "onnx", "--output", str(out)]
+    argv += ["--quantize", "int8", "--calibration-images", str(OWN_CALIBRATION_IMAGES)]
+    opts = [*TINY_OPTS, "MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
+    opts += [
+        "DATASETS.TRAIN",
+        f"('{own_coco['train']}',)",
+        "DATASETS.TEST",
+        f"('{own_coco['val']}',)",
+    ]
+    assert export_main(argv + opts) == 0
+    return out / "model.onnx", out / "model.int8.onnx"

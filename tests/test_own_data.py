@@ -45,17 +45,8 @@ def assert_named_with_own_ids(detections):
         assert list(OWN_CATEGORIES)[detection["class_id"]] == detection["category_id"]
 
 
-@pytest.fixture(scope="module")
-def own_run(own_coco, tmp_path_factory):
-    """train_net.py on the user's dataset given by path: (output dir, log)."""
-    output_dir = tmp_path_factory.mktemp("own_run")
-    # An empty DETECTRON2_DATASETS: nothing but the paths given on the command line.
-    empty_root = str(tmp_path_factory.mktemp("no_datasets"))
-    return output_dir, run_train_net(empty_root, output_dir, opts=own_data_opts(own_coco))
-
-
-def test_training_reads_classes_from_the_json(own_run):
-    output_dir, log = own_run
+def test_training_reads_classes_from_the_json(own_trained):
+    output_dir, log = own_trained
     with open(output_dir / "config.yaml") as f:
         assert "NUM_CLASSES: 6" in f.read()  # 0 in the config: taken from the JSON
     checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)
@@ -69,8 +60,8 @@ def test_training_reads_classes_from_the_json(own_run):
     assert "Category ids in annotations are not in" not in log
 
 
-def test_eval_only_reports_the_datasets_category_ids(own_run, own_coco, tmp_path):
-    output_dir, _ = own_run
+def test_eval_only_reports_the_datasets_category_ids(own_trained, own_coco, tmp_path):
+    output_dir, _ = own_trained
     weights = str(output_dir / "model_final.pth")
     log = run_train_net(
         str(tmp_path),
@@ -84,8 +75,8 @@ def test_eval_only_reports_the_datasets_category_ids(own_run, own_coco, tmp_path
     assert results and {r["category_id"] for r in results} <= set(OWN_CATEGORIES)
 
 
-def test_eval_only_needs_no_training_data(own_run, own_coco, tmp_path):
-    output_dir, _ = own_run
+def test_eval_only_needs_no_training_data(own_trained, own_coco, tmp_path):
+    output_dir, _ = own_trained
     opts = [
         *("DATASETS.TRAIN", f"('coco:{tmp_path / 'gone' / 'train.json'}',)"),
         *("DATASETS.TEST", f"('{own_coco['val']}',)"),
@@ -95,8 +86,8 @@ def test_eval_only_needs_no_training_data(own_run, own_coco, tmp_path):
     assert len(parse_box_ap(log)) == 6
 
 
-def test_eval_only_on_data_of_other_classes_is_an_error(own_run, own_coco, tmp_path):
-    output_dir, _ = own_run
+def test_eval_only_on_data_of_other_classes_is_an_error(own_trained, own_coco, tmp_path):
+    output_dir, _ = own_trained
     _, json_file, image_root = own_coco["val"].split(":")
     with open(json_file) as f:
         content = json.load(f)
@@ -115,8 +106,8 @@ def test_eval_only_on_data_of_other_classes_is_an_error(own_run, own_coco, tmp_p
     assert "'blue'" in message and "wrong class names" in message
 
 
-def test_predict_names_detections_without_the_dataset(own_run, own_coco, tmp_path):
-    output_dir, _ = own_run
+def test_predict_names_detections_without_the_dataset(own_trained, own_coco, tmp_path):
+    output_dir, _ = own_trained
     # The config's own datasets are the synthetic ones: names come from the checkpoint.
     log = run_module(
         "retinanet_fl.predict",
@@ -134,8 +125,8 @@ def test_predict_names_detections_without_the_dataset(own_run, own_coco, tmp_pat
     assert_named_with_own_ids([d for record in records for d in record["detections"]])
 
 
-def test_predict_with_the_reports_per_class_thresholds(own_run, own_coco, tmp_path):
-    output_dir, _ = own_run
+def test_predict_with_the_reports_per_class_thresholds(own_trained, own_coco, tmp_path):
+    output_dir, _ = own_trained
     with open(output_dir / "report" / "report.json") as f:
         thresholds = {c["name"]: c["f1_threshold"] or 0.5 for c in json.load(f)["classes"]}
     log = run_module(
@@ -153,20 +144,10 @@ def test_predict_with_the_reports_per_class_thresholds(own_run, own_coco, tmp_pa
     assert all(d["score"] >= round(thresholds[d["class_name"]], 4) for d in detections)
 
 
-def test_exported_onnx_carries_names_and_ids(own_run, own_coco, tmp_path):
-    pytest.importorskip("onnxruntime")
-    output_dir, _ = own_run
-    run_module(
-        "retinanet_fl.export",
-        "--config-file", CONFIG,
-        "--format", "onnx",
-        "--output", str(tmp_path / "exported"),
-        *TINY_OPTS,
-        "MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
-    )  # fmt: skip
+def test_exported_onnx_carries_names_and_ids(own_deployed, own_coco, tmp_path):
     run_module(
         "retinanet_fl.predict",
-        "--exported", str(tmp_path / "exported" / "model.onnx"),
+        "--exported", str(own_deployed[0]),
         "--input", image_folder(own_coco),
         "--output", str(tmp_path / "predicted"),
         "--confidence-threshold", "0.01",

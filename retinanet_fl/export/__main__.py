@@ -8,7 +8,8 @@ ExportedProgram for PyTorch (.pt2), or to legacy TorchScript, post-processing in
         --calibration-images 200 --output exported/ MODEL.WEIGHTS model_final.pth \
         DATASETS.TRAIN "('coco:path/to/train.json:path/to/images',)"
 
-writes ``exported/model.onnx`` (``model.int8.onnx``, ``model.pt2``, ``model.ts``): one uint8 image
+writes ``exported/model.onnx`` (``model.pt2``, ``model.ts``; ``--quantize int8`` writes
+``model.int8.onnx`` and its fp32 ``model.onnx``): one uint8 image
 (3, H, W) in INPUT.FORMAT, at the test resolution, in; boxes (D, 4) in its pixels, scores (D,),
 classes (D,) out. int8 calibrates on N images of DATASETS.TRAIN.
 """
@@ -91,8 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def export_int8(cfg, output_dir: str, num_images: int, sample_image=None) -> str:
     """
-    Export the fp32 ONNX model to a temporary folder, then quantize it to
-    ``output_dir/model.int8.onnx``, calibrated on ``num_images`` images of ``DATASETS.TRAIN``.
+    Export the fp32 ONNX model, quantize it to ``output_dir/model.int8.onnx``, calibrated on
+    ``num_images`` images of ``DATASETS.TRAIN``, and keep the fp32 file beside it as
+    ``model.onnx`` (both files appear only once both are complete).
 
     Returns:
         the int8 file's path.
@@ -118,12 +120,14 @@ def export_int8(cfg, output_dir: str, num_images: int, sample_image=None) -> str
         fp32_path = os.path.join(work_dir, EXPORT_FORMATS["onnx"])
         sample = sample_input(cfg, sample_image).to(model.device)
         export_onnx(ExportableDetector(model), sample, fp32_path, metadata)
-        return quantize_onnx_int8(
+        int8_path = quantize_onnx_int8(
             fp32_path,
             os.path.join(output_dir, QUANTIZED_NAME),
             itertools.chain([first_image], images),
             metadata,
         )
+        os.replace(fp32_path, os.path.join(output_dir, EXPORT_FORMATS["onnx"]))
+    return int8_path
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,6 @@ from retinanet_fl.model_zoo import get_config_file
 # Logit and delta spreads of the rescaled head.
 _LOGIT_STD = 1.5
 _DELTA_STD = 0.3
-# Training iterations of `trained_model`: enough for detections scoring above 0.5.
-TRAINED_ITERATIONS = 150
 
 
 @torch.no_grad()
@@ -62,21 +60,14 @@ def r50_model():
 
 
 @pytest.fixture(scope="session")
-def trained_model(own_coco, tmp_path_factory):
+def trained_model(own_trained, own_coco):
     """
-    A model briefly trained by train_net.py on the user's dataset given by path (16 images of
-    64 px), for the deployment tests: (config file, checkpoint, train split, val split).
+    The model briefly trained by train_net.py on the user's dataset given by path, for the
+    deployment tests: (config file, checkpoint, train split, val split).
     """
-    from ..test_train_net import CONFIG, run_train_net
+    from ..test_train_net import CONFIG
 
-    output_dir = tmp_path_factory.mktemp("deploy_run")
-    opts = [
-        *("DATASETS.TRAIN", f"('{own_coco['train']}',)"),
-        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
-        *("SOLVER.MAX_ITER", str(TRAINED_ITERATIONS), "SOLVER.BASE_LR", "0.003"),
-    ]
-    empty_root = str(tmp_path_factory.mktemp("no_datasets"))
-    run_train_net(empty_root, output_dir, opts=opts)
+    output_dir, _ = own_trained
     return CONFIG, str(output_dir / "model_final.pth"), own_coco["train"], own_coco["val"]
 
 

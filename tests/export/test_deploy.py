@@ -1,7 +1,7 @@
 """
-Deploying a briefly trained model from the command line: export fp32 and int8 ONNX (calibrated on
-the user's dataset given by path), evaluate the files as --eval-only evaluates the checkpoint,
-predict with the int8 file.
+Deploying a briefly trained model from the command line: export int8 ONNX and its fp32 file in
+one command (calibrated on the user's dataset given by path), evaluate the files as --eval-only
+evaluates the checkpoint, predict with the int8 file.
 """
 
 import json
@@ -14,34 +14,19 @@ from retinanet_fl.config import load_config
 from retinanet_fl.evaluate_exported import evaluate_exported
 from retinanet_fl.evaluate_exported import main as evaluate_main
 from retinanet_fl.export import ExportedDetector
-from retinanet_fl.export.__main__ import main as export_main
 from retinanet_fl.export.calibration import calibration_images, calibration_records
 from retinanet_fl.predict import main as predict_main
 from retinanet_fl.train_net import main as train_net_main
 
+from ..conftest import OWN_CALIBRATION_IMAGES
 from ..test_train_net import TINY_OPTS
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-CALIBRATION_IMAGES = 8
-
 
 def data_opts(train: str, val: str):
     return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"]
-
-
-@pytest.fixture(scope="module")
-def deployed(trained_model, tmp_path_factory):
-    """fp32 and int8 ONNX files of the trained model, written by the command line."""
-    config, weights, train, val = trained_model
-    out = tmp_path_factory.mktemp("deployed")
-    argv = ["--config-file", config, "--format", "onnx", "--output", str(out)]
-    opts = [*TINY_OPTS, "MODEL.WEIGHTS", weights, *data_opts(train, val)]
-    assert export_main(argv + opts) == 0
-    quantize = ["--quantize", "int8", "--calibration-images", str(CALIBRATION_IMAGES)]
-    assert export_main(argv + quantize + opts) == 0
-    return out / "model.onnx", out / "model.int8.onnx"
 
 
 def _evaluate_exported(path, trained_model, output_dir):
@@ -67,11 +52,11 @@ def _results(output_dir):
         return json.load(f)
 
 
-def test_fp32_onnx_scores_exactly_what_eval_only_scores(deployed, trained_model, tmp_path):
+def test_fp32_onnx_scores_exactly_what_eval_only_scores(own_deployed, trained_model, tmp_path):
     eager = _eval_only(trained_model, tmp_path / "eager")
     config, _, train, val = trained_model
     opts = [*TINY_OPTS, *data_opts(train, val)]
-    exported = evaluate_exported(str(deployed[0]), config, opts, str(tmp_path / "onnx"))
+    exported = evaluate_exported(str(own_deployed[0]), config, opts, str(tmp_path / "onnx"))
     assert eager["bbox"]["AP50"] > 0
     # The same AP, every digit (nan: no object of that size).
     assert exported["bbox"] == pytest.approx(eager["bbox"], rel=0, abs=0, nan_ok=True)
@@ -87,7 +72,7 @@ def _detections(path, images):
     return [detector(image) for image in images]
 
 
-def test_int8_detections_agree_with_fp32(deployed, trained_model):
+def test_int8_detections_agree_with_fp32(own_deployed, trained_model):
     """Each fp32 detection scoring above 0.5 has an int8 one of its class with IoU >= 0.9, for at
     least 90 % of them."""
     config, weights, train, val = trained_model
@@ -95,7 +80,7 @@ def test_int8_detections_agree_with_fp32(deployed, trained_model):
     images = list(calibration_images(calibration_records(cfg, 16, None), cfg))
     matched = total = 0
     for (boxes, scores, classes), (boxes8, _, classes8) in zip(
-        _detections(deployed[0], images), _detections(deployed[1], images)
+        _detections(own_deployed[0], images), _detections(own_deployed[1], images)
     ):
         confident = scores > 0.5
         ious = pairwise_iou(Boxes(boxes[confident]), Boxes(boxes8))
@@ -107,21 +92,22 @@ def test_int8_detections_agree_with_fp32(deployed, trained_model):
     assert matched >= 0.9 * total
 
 
-def test_int8_file_carries_classes_and_calibration(deployed):
-    detector = ExportedDetector(str(deployed[1]))
+def test_int8_file_carries_classes_and_calibration(own_deployed):
+    detector = ExportedDetector(str(own_deployed[1]))
     assert detector.metadata["precision"] == "int8"
-    assert detector.metadata["calibration_images"] == CALIBRATION_IMAGES
+    assert detector.metadata["calibration_images"] == OWN_CALIBRATION_IMAGES
     assert detector.metadata["class_names"] == ["apple", "kiwi", "plum", "fig", "lime", "pear"]
-    # No temporary file or folder left beside them.
-    assert sorted(p.name for p in deployed[1].parent.iterdir()) == ["model.int8.onnx", "model.onnx"]
+    # One command wrote both files, and no temporary file or folder is left beside them.
+    written = sorted(p.name for p in own_deployed[1].parent.iterdir())
+    assert written == ["model.int8.onnx", "model.onnx"]
 
 
-def test_int8_evaluates_and_predicts(deployed, trained_model, tmp_path):
-    assert _evaluate_exported(deployed[1], trained_model, tmp_path / "eval") == 0
+def test_int8_evaluates_and_predicts(own_deployed, trained_model, tmp_path):
+    assert _evaluate_exported(own_deployed[1], trained_model, tmp_path / "eval") == 0
     assert _results(tmp_path / "eval")
     _, _, _, val = trained_model
     image_folder = val.split(":")[2]
-    argv = ["--exported", str(deployed[1]), "--input", image_folder, "--output", str(tmp_path)]
+    argv = ["--exported", str(own_deployed[1]), "--input", image_folder, "--output", str(tmp_path)]
     assert predict_main(argv + ["--confidence-threshold", "0.1"]) == 0
     with open(tmp_path / "predictions.json") as f:
         records = json.load(f)

@@ -4,8 +4,8 @@ inference and in training (fp32 and CPU bf16 autocast).
 """
 
 import logging
+from typing import List
 
-import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
@@ -82,16 +82,14 @@ def test_compiled_dense_part_keeps_parameter_names_and_detections():
     )
 
 
-@pytest.mark.parametrize(
-    "amp, rtol",
-    # fp32: the same convolutions, reductions maybe reordered; bf16 autocast: the compiled graph
-    # rounds fewer intermediates to bf16 (8-bit mantissa, 4e-3 a rounding).
-    [(False, 1e-4), (True, 1e-2)],
-    ids=["fp32", "bf16"],
-)
-def test_compiled_training_steps_give_the_eager_losses(amp, rtol):
-    # Channels-last (the default) and COMPILE; at 64 px, C5 is 2×2, so under autocast the
-    # compiled backbone also runs its P6/P7 block in fp32 (see modeling/autocast.py).
+def _train_side_by_side(batches, amp: bool, rtol: float) -> List[int]:
+    """
+    Train our eager model and a compiled copy (channels-last, the default, and COMPILE) on
+    ``batches``, one SGD step each, and check that every step's losses agree within ``rtol``.
+
+    Returns:
+        the graphs torch.compile built at each step.
+    """
     eager = _eager_model()
     compiled = _build_like(eager, COMPILE=True)
     assert compiled.backbone.bottom_up.stem.conv1.weight.is_contiguous(
@@ -101,9 +99,9 @@ def test_compiled_training_steps_give_the_eager_losses(amp, rtol):
     cfg.SOLVER.BASE_LR = 0.01
     models = {"eager": eager.train(), "compiled": compiled.train()}
     optimizers = {name: build_optimizer(cfg, model) for name, model in models.items()}
-    for step in range(2):
-        batch = make_batch(step, sizes=((64, 64, 2), (64, 64, 1)))
-        losses = {}
+    graphs_per_step = []
+    for batch in batches:
+        before, losses = graph_count(), {}
         for name, model in models.items():
             with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 losses[name] = model(batch)
@@ -113,26 +111,31 @@ def test_compiled_training_steps_give_the_eager_losses(amp, rtol):
         for key, expected in losses["eager"].items():
             assert torch.isfinite(expected)
             torch.testing.assert_close(losses["compiled"][key], expected, rtol=rtol, atol=1e-6)
+        graphs_per_step.append(graph_count() - before)
+    return graphs_per_step
 
 
-def test_compiled_training_compiles_twice_for_all_image_sizes():
+def test_compiled_bf16_training_steps_give_the_eager_losses():
+    # At 64 px, C5 is 2×2, so under autocast the compiled backbone also runs its P6/P7 block in
+    # fp32 (see modeling/autocast.py). The compiled graph rounds fewer intermediates to bf16
+    # (8-bit mantissa, 4e-3 a rounding).
+    batches = [make_batch(step, sizes=((64, 64, 2), (64, 64, 1))) for step in range(2)]
+    _train_side_by_side(batches, amp=True, rtol=1e-2)
+
+
+def test_compiled_training_compiles_twice_for_all_image_sizes_and_gives_the_eager_losses():
     # Sizes whose P7 maps are at least 2×2: a size-1 dimension is specialised by dynamo.
+    sizes = [(160, 192), (192, 160), (256, 160), (224, 256)]
+    batches = [
+        make_batch(step, sizes=((height, width, 2), (height - 32, width, 1)))
+        for step, (height, width) in enumerate(sizes)
+    ]
     torch._dynamo.reset()
-    model = _build_like(_eager_model(), COMPILE=True).train()
-    optimizer = build_optimizer(our_cfg(), model)
-    graphs_per_size = []
-    for step, (height, width) in enumerate([(160, 192), (192, 160), (256, 160), (224, 256)]):
-        before = graph_count()
-        with EventStorage():
-            losses = model(make_batch(step, sizes=((height, width, 2), (height - 32, width, 1))))
-        assert all(torch.isfinite(loss) for loss in losses.values())
-        sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        graphs_per_size.append(graph_count() - before)
+    # fp32: the same convolutions, reductions maybe reordered.
+    graphs_per_step = _train_side_by_side(batches, amp=False, rtol=1e-4)
     # The first size: a static graph each for the backbone and the head (and the loss kernel's);
     # the second: one dynamic-shape graph each, which every later size reuses.
-    assert graphs_per_size[1:] == [2, 0, 0], graphs_per_size
+    assert graphs_per_step[1:] == [2, 0, 0], graphs_per_step
 
 
 def test_compile_with_the_contiguous_layout_warns_that_it_recompiles(caplog):

@@ -4,6 +4,7 @@ import json
 
 import benchmark
 import pytest
+import torch
 
 
 def test_coco_like_batches_follow_detectron2s_resizing_and_grouping():
@@ -14,6 +15,19 @@ def test_coco_like_batches_follow_detectron2s_resizing_and_grouping():
         for height, width in batch:
             assert max(height, width) <= 1333 and 320 <= min(height, width) <= 800
             assert 0.5 <= height / width <= 2.0
+
+
+def test_memory_measures_see_a_calls_allocation():
+    size = 64 * benchmark.MIB
+
+    def allocate() -> float:
+        return float(torch.ones(size // 4).sum())  # float32: `size` bytes, every page written
+
+    resident = benchmark.PeakMemory(torch.device("cpu"))
+    if resident.available:
+        # Pages: the resident set may already hold a little of it.
+        assert 0.9 * size <= resident.measure(allocate) < 2 * size
+    assert size <= benchmark.allocator_peak(allocate) < 1.1 * size
 
 
 def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
@@ -51,6 +65,8 @@ def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
         "eager",
         "--deploy-calibration-images",
         "2",
+        # Measured above, on a call whose allocation is known.
+        "--no-memory",
         "--threads",
         "2",
         "--output-dir",
@@ -69,7 +85,7 @@ def test_tiny_run_times_every_part_and_writes_table_and_json(tmp_path, capsys):
     ratios = {(r["a"], r["b"]): r for r in inference["ratios"]}
     ours, detectron2 = (inference["steps"][n]["median_s"] for n in ("ours", "detectron2"))
     assert ratios["ours", "detectron2"]["time"] == pytest.approx(ours / detectron2)
-    assert ratios["torchscript", "ours"]["peak"] is not None
+    assert ratios["torchscript", "ours"]["peak"] is None  # --no-memory
     # Score threshold 0: every model keeps its most detections, the exported file as the eager one.
     detections = {name: step["first_output"] for name, step in inference["steps"].items()}
     assert detections["torchscript"] == detections["ours"]
