@@ -187,6 +187,14 @@ def own_coco(tmp_path_factory):
     return {split: _write_own_coco(str(root / "images"), str(root), split) for split in SPLITS}
 
 
+def own_data_opts(own_coco) -> list:
+    """Config overrides that train and test on ``own_coco``, given by path."""
+    return [
+        *("DATASETS.TRAIN", f"('{own_coco['train']}',)"),
+        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
+    ]
+
+
 # Training iterations of `own_trained`: enough for detections scoring above 0.5 (the int8 tests
 # compare those).
 OWN_TRAINED_ITERATIONS = 150
@@ -202,11 +210,8 @@ def own_trained(own_coco, tmp_path_factory):
 
     output_dir = tmp_path_factory.mktemp("own_trained")
     empty_root = str(tmp_path_factory.mktemp("no_datasets"))
-    opts = [
-        *("DATASETS.TRAIN", f"('{own_coco['train']}',)"),
-        *("DATASETS.TEST", f"('{own_coco['val']}',)"),
-        *("SOLVER.MAX_ITER", str(OWN_TRAINED_ITERATIONS), "SOLVER.BASE_LR", "0.003"),
-    ]
+    opts = own_data_opts(own_coco)
+    opts += ["SOLVER.MAX_ITER", str(OWN_TRAINED_ITERATIONS), "SOLVER.BASE_LR", "0.003"]
     return output_dir, run_train_net(empty_root, output_dir, opts=opts)
 
 
@@ -231,11 +236,6 @@ def own_deployed(own_trained, own_coco, tmp_path_factory):
     argv = ["--config-file", CONFIG, "--format", "onnx", "--output", str(out)]
     argv += ["--quantize", "int8", "--calibration-images", str(OWN_CALIBRATION_IMAGES)]
     opts = [*TINY_OPTS, "MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
-    opts += [
-        "DATASETS.TRAIN",
-        f"('{own_coco['train']}',)",
-        "DATASETS.TEST",
-        f"('{own_coco['val']}',)",
-    ]
+    opts += own_data_opts(own_coco)
     assert export_main(argv + opts) == 0
     return out / "model.onnx", out / "model.int8.onnx"

@@ -11,17 +11,8 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from .conftest import OWN_CATEGORIES
+from .conftest import OWN_CATEGORIES, own_data_opts
 from .test_train_net import CONFIG, TINY_OPTS, parse_box_ap, run_train_net
-
-
-def own_data_opts(own_coco):
-    return [
-        "DATASETS.TRAIN",
-        f"('{own_coco['train']}',)",
-        "DATASETS.TEST",
-        f"('{own_coco['val']}',)",
-    ]
 
 
 def run_module(module, *args):
