@@ -92,6 +92,36 @@ def test_int8_detections_agree_with_fp32(own_deployed, trained_model):
     assert matched >= 0.9 * total
 
 
+def test_int8_quantizes_only_what_convolutions_read_or_write(own_deployed):
+    """Each int8 tensor is a convolution's output or reaches a convolution: the anchors, the box
+    decoding and the NMS stay fp32."""
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(own_deployed[1])).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_conv(node) -> bool:
+        seen, pending = set(), [node]
+        while pending:
+            node = pending.pop()
+            if node.op_type == "Conv":
+                return True
+            if node.name not in seen:
+                seen.add(node.name)
+                pending += [c for output in node.output for c in consumers.get(output, [])]
+        return False
+
+    quantized = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert len(quantized) > 20
+    for node in quantized:
+        producer = producers.get(node.input[0])
+        if producer is not None and producer.op_type != "Conv":
+            assert reaches_conv(node), f"{producer.op_type} {producer.name}'s output is int8"
+
+
 def test_int8_file_carries_classes_and_calibration(own_deployed):
     detector = ExportedDetector(str(own_deployed[1]))
     assert detector.metadata["precision"] == "int8"
