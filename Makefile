@@ -27,13 +27,15 @@ install:
 
 # Cheap check so that demo/test only run the full install when something is missing.
 ensure-installed:
-	@$(PY) -c "import torch, torchvision, detectron2, retinanet_fl, pytest, tidecv" 2>/dev/null || $(MAKE) install
+	@$(PY) -c "import torch, torchvision, detectron2, retinanet_fl, pytest, xdist, tidecv" 2>/dev/null || $(MAKE) install
 
 demo: ensure-installed
 	$(PY) -m retinanet_fl.demo
 
+# Two pytest-xdist workers: much of the suite is compiling and exporting, single-threaded Python.
+# tests/conftest.py gives them whole modules, slowest first.
 test: ensure-installed
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests
 
 # ruff comes with the dev extra; an environment installed before it was added gets it here.
 lint:

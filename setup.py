@@ -19,7 +19,7 @@ setup(
         "Pillow",
     ],
     extras_require={
-        "dev": ["pytest", "ruff==0.17.6"],
+        "dev": ["pytest", "pytest-xdist", "ruff==0.17.6"],
         # python -m retinanet_fl.export --format onnx (torch.export-based exporter: onnxscript),
         # --quantize int8 and running .onnx files (ONNX Runtime: predict, evaluate_exported, tests)
         "export": ["onnx>=1.16", "onnxscript>=0.4", "onnxruntime>=1.20"],

@@ -24,6 +24,44 @@ CLASSES = ("circle", "square", "star")
 IMAGE_SIZE = 64
 
 
+# `make test` runs two pytest-xdist workers, each given whole modules. The modules sharing the
+# trained model of the session fixture `own_trained` go to one worker, which trains it once.
+OWN_TRAINED_MODULES = ("tests/export/test_deploy.py", "tests/test_own_data.py")
+# The slowest modules (compiling, exporting, training), started first so that neither worker is
+# left with a long one at the end.
+SLOWEST_MODULES = (
+    "tests/modeling/test_speed_options.py",
+    *OWN_TRAINED_MODULES,
+    "tests/test_train_net.py",
+    "tests/export/test_export.py",
+    "tests/tools/test_benchmark.py",
+)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module(nodeid)
+            return OWN_TRAINED_MODULES[0] if module in OWN_TRAINED_MODULES else module
+
+    # In the collection's order (below), not xdist's default of the most tests first.
+    config.option.loadscopereorder = False
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The slowest modules first; each module's tests keep their order."""
+    rank = {module: i for i, module in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(_module(item.nodeid), len(rank)))
+
+
 def _small_cfg(*opts):
     """Our paper config on an R-18-FPN with a one-conv head, on the CPU, without datasets."""
     return load_config(
