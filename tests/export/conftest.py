@@ -63,12 +63,13 @@ def r50_model():
 def trained_model(own_trained, own_coco):
     """
     The model briefly trained by train_net.py on the user's dataset given by path, for the
-    deployment tests: (config file, checkpoint, train split, val split).
+    deployment tests: (config file, checkpoint, the overrides that train and test on that data).
     """
+    from ..conftest import own_data_opts
     from ..test_train_net import CONFIG
 
     output_dir, _ = own_trained
-    return CONFIG, str(output_dir / "model_final.pth"), own_coco["train"], own_coco["val"]
+    return CONFIG, str(output_dir / "model_final.pth"), own_data_opts(own_coco)
 
 
 @pytest.fixture

@@ -25,24 +25,20 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
-def data_opts(train: str, val: str):
-    return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)"]
-
-
 def _evaluate_exported(path, trained_model, output_dir):
-    config, _, train, val = trained_model
+    config, _, data = trained_model
     argv = ["--exported", str(path), "--config-file", config, "--output", str(output_dir)]
-    return evaluate_main(argv + [*TINY_OPTS, *data_opts(train, val)])
+    return evaluate_main(argv + [*TINY_OPTS, *data])
 
 
 def _eval_only(trained_model, output_dir):
     """train_net.py --eval-only of the checkpoint, in this process."""
     from detectron2.engine import default_argument_parser
 
-    config, weights, train, val = trained_model
+    config, weights, data = trained_model
     args = default_argument_parser().parse_args(
         ["--config-file", config, "--eval-only", *TINY_OPTS, "MODEL.WEIGHTS", weights]
-        + [*data_opts(train, val), "OUTPUT_DIR", str(output_dir)]
+        + [*data, "OUTPUT_DIR", str(output_dir)]
     )
     return train_net_main(args)
 
@@ -54,8 +50,8 @@ def _results(output_dir):
 
 def test_fp32_onnx_scores_exactly_what_eval_only_scores(own_deployed, trained_model, tmp_path):
     eager = _eval_only(trained_model, tmp_path / "eager")
-    config, _, train, val = trained_model
-    opts = [*TINY_OPTS, *data_opts(train, val)]
+    config, _, data = trained_model
+    opts = [*TINY_OPTS, *data]
     exported = evaluate_exported(str(own_deployed[0]), config, opts, str(tmp_path / "onnx"))
     assert eager["bbox"]["AP50"] > 0
     # The same AP, every digit (nan: no object of that size).
@@ -75,8 +71,8 @@ def _detections(path, images):
 def test_int8_detections_agree_with_fp32(own_deployed, trained_model):
     """Each fp32 detection scoring above 0.5 has an int8 one of its class with IoU >= 0.9, for at
     least 90 % of them."""
-    config, weights, train, val = trained_model
-    cfg = load_config(config, [*TINY_OPTS, "MODEL.WEIGHTS", weights, *data_opts(train, val)])
+    config, weights, data = trained_model
+    cfg = load_config(config, [*TINY_OPTS, "MODEL.WEIGHTS", weights, *data])
     images = list(calibration_images(calibration_records(cfg, 16, None), cfg))
     matched = total = 0
     for (boxes, scores, classes), (boxes8, _, classes8) in zip(
@@ -132,11 +128,10 @@ def test_int8_file_carries_classes_and_calibration(own_deployed):
     assert written == ["model.int8.onnx", "model.onnx"]
 
 
-def test_int8_evaluates_and_predicts(own_deployed, trained_model, tmp_path):
+def test_int8_evaluates_and_predicts(own_deployed, trained_model, own_coco, tmp_path):
     assert _evaluate_exported(own_deployed[1], trained_model, tmp_path / "eval") == 0
     assert _results(tmp_path / "eval")
-    _, _, _, val = trained_model
-    image_folder = val.split(":")[2]
+    image_folder = own_coco["val"].split(":")[2]
     argv = ["--exported", str(own_deployed[1]), "--input", image_folder, "--output", str(tmp_path)]
     assert predict_main(argv + ["--confidence-threshold", "0.1"]) == 0
     with open(tmp_path / "predictions.json") as f:
